@@ -1,0 +1,135 @@
+"""`desa`: the command line. It only parses arguments and calls library functions.
+
+    desa simulate --stars 8000 --seed 42 --out data/survey
+    desa ingest --light-curves LC_DIR --spectra SPEC_DIR --catalog cat.csv --out data/real
+    desa validate-survey data/survey --out reports/survey
+    desa train --survey data/survey --config small --out runs/small
+    desa evaluate --run runs/small --out runs/small/metrics.json
+    desa precompute --survey data/survey --run runs/small --out artifacts/default
+    desa serve --artifacts artifacts/default --port 5006
+
+`precompute` and `serve` are the two commands that reach outside `desa_core`; they import their packages
+lazily here, so the library itself never depends on them.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _simulate(a):
+    from desa_core.data.simulate import simulate_survey
+    simulate_survey(n_stars=a.stars, seed=a.seed, out=a.out, config=a.config)
+
+
+def _ingest(a):
+    from desa_core.data.ingest import ingest
+    report = ingest(light_curves=a.light_curves, spectra=a.spectra, catalog=a.catalog, out=a.out,
+                    match_radius_arcsec=a.match_radius)
+    return 0 if report.n_stars > 0 else 1
+
+
+def _validate(a):
+    from desa_core.data.validate import validate_survey
+    validate_survey(a.survey, a.out)
+
+
+def _train(a):
+    from desa_core.train.run import train
+    train(survey=a.survey, config=a.config, out=a.out, stages=a.stages, device=a.device)
+
+
+def _evaluate(a):
+    from desa_core.evaluate.run import evaluate
+    evaluate(run=a.run, out=a.out, models=a.models.split(",") if a.models else None)
+
+
+def _precompute(a):
+    from precompute.pipeline import run_precompute
+    run_precompute(survey=a.survey, run=a.run, out=a.out, synthetic=a.synthetic, workers=a.workers,
+                   scheduler=a.scheduler, seed=a.seed)
+
+
+def _serve(a):
+    from app.main import serve
+    serve(artifacts=a.artifacts, port=a.port, address=a.address, num_threads=a.num_threads, show=a.show)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="desa", description="DESA Explorer: survey, model, precompute, dashboard")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="generate the simulated Kepler x LAMOST survey")
+    s.add_argument("--stars", type=int, default=None, help="number of stars (default: the config's)")
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--out", required=True)
+    s.add_argument("--config", default=None, help="YAML file overriding SimulationConfig fields")
+    s.set_defaults(func=_simulate)
+
+    s = sub.add_parser("ingest", help="build a survey store from Kepler FITS, LAMOST FITS and a catalogue")
+    s.add_argument("--light-curves", required=True, help="folder of Kepler light-curve FITS files")
+    s.add_argument("--spectra", required=True, help="folder of LAMOST LRS FITS files")
+    s.add_argument("--catalog", required=True, help="cross-match catalogue (CSV, FITS or VOTable)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--match-radius", type=float, default=3.0, help="sky match radius in arcsec")
+    s.set_defaults(func=_ingest)
+
+    s = sub.add_parser("validate-survey", help="compare a simulated survey with real published Kepler data")
+    s.add_argument("survey")
+    s.add_argument("--out", required=True, help="report folder (PNG figures + distances.json)")
+    s.set_defaults(func=_validate)
+
+    s = sub.add_parser("train", help="train the DESA model (all stages, resumable)")
+    s.add_argument("--survey", required=True)
+    s.add_argument("--config", default="small", help="named config (small, paper) or a YAML file")
+    s.add_argument("--out", required=True, help="run folder")
+    s.add_argument("--stages", default=None, help="comma-separated subset of stages")
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser("evaluate", help="evaluate DESA and baselines on the test split")
+    s.add_argument("--run", required=True)
+    s.add_argument("--out", required=True, help="metrics JSON path")
+    s.add_argument("--models", default=None, help="comma-separated model keys (default: all)")
+    s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("precompute", help="embed every star; write FAISS indexes, maps and tables")
+    s.add_argument("--survey", default=None)
+    s.add_argument("--run", default=None)
+    s.add_argument("--out", required=True, help="artifact folder")
+    s.add_argument("--synthetic", type=int, default=None,
+                   help="write a synthetic BENCHMARK artifact set of N stars (no survey/model needed)")
+    s.add_argument("--workers", type=int, default=0, help="Dask workers for the embedding stage (0: in process)")
+    s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_precompute)
+
+    s = sub.add_parser("serve", help="serve the dashboard over an artifact folder")
+    s.add_argument("--artifacts", required=True)
+    s.add_argument("--port", type=int, default=5006)
+    s.add_argument("--address", default="127.0.0.1")
+    s.add_argument("--num-threads", type=int, default=4)
+    s.add_argument("--show", action="store_true", help="open a browser")
+    s.set_defaults(func=_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError) as e:  # user errors: a clear message, no traceback
+        print(f"desa {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
