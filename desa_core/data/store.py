@@ -84,11 +84,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -126,6 +133,7 @@ class SurveyWriter:
         self.out = Path(out).resolve()
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.writing-", dir=self.out.parent))
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp creates 0700: a store should be readable by the lab
         (self.tmp / "light_curves").mkdir()
         (self.tmp / "spectra").mkdir()
         self.time = np.asarray(time, dtype=np.float64)
