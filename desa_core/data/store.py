@@ -45,7 +45,7 @@ BINARY_CLASSES = ("single", "wide", "close_sync", "eclipsing")
 SPLITS = ("train", "val", "test")
 
 
-class SurveyStoreError(Exception):
+class SurveyStoreError(ValueError):
     """A survey store that is missing, incomplete or inconsistent; the message names the path."""
 
 
