@@ -28,6 +28,9 @@ class SimulationConfig:
     # (light-curve stars) small stars, where an Earth-size transit is detectable: P(keep) ~ R^-1 in [0.35, 1].
     giant_keep_fraction: float = 0.5
     kepler_small_star_priority: bool = True
+    # Kepler's target list: complete to Kp ~13.75, then P(target) = 10^(-slope (Kp - 13.75)) (light-curve stars).
+    kepler_complete_kepmag: float = 13.75
+    kepler_faint_slope: float = 0.32
 
     # Population (Kepler field, thin disk)
     mass_range: tuple[float, float] = (0.4, 1.6)        # Kroupa IMF, Msun (initial mass)
@@ -55,11 +58,11 @@ class SimulationConfig:
     kepler_resolve_arcsec: float = 4.0    # wider companions fall outside the Kepler aperture
 
     # Rotation
-    gyro_scatter_dex: float = 0.07
+    gyro_scatter_dex: float = 0.03     # cluster slow sequences: 0.02-0.05 dex about the model
     rossby_critical: float = 2.0          # van Saders et al. 2016 weakened braking
-    kraft_break_teff: float = 6400.0
+    kraft_break_teff: float = 6350.0   # centre of a gradual (150-K logistic) Kraft break
     young_convergence_gyr: float = 0.05   # unconverged fast rotators: P(fast) = 1/(1 + (age / (t M^-3))^3)
-    quiet_fraction_max: float = 0.9       # of stars with Ro >= 2 without detectable spots (0 at Ro 0.8)
+    quiet_fraction_max: float = 0.9       # of stars with Ro >= 2.2 without detectable spots (0 at Ro 1)
 
     # Spectroscopy
     rv_error_kms: float = 5.0

@@ -16,9 +16,10 @@ every star and vectorised across stars (Python loops run only over spot slots an
 * **Binaries**: circular-orbit eclipses (primary and secondary, depths from the radii and the Kepler-band
   surface-brightness ratio implied by ``flux_ratio_kp``) for ``'eclipsing'`` stars, and ellipsoidal variation
   (amplitude ~ q (R/a)^3 sin^2 i) for every close binary (``'close_sync'`` and ``'eclipsing'``).
-* **Instrument**: white noise from the Kepler magnitude (55 ppm per 29.4-min cadence at Kp 12, 180 ppm at
-  Kp 15, divided by sqrt of the number of binned cadences), ~1-day gaps (NaN) between ~93-day quarters, a few
-  isolated flagged cadences (NaN), and the small per-quarter offsets and linear trends that PDCSAP leaves.
+* **Instrument**: white noise from the Kepler magnitude (62 ppm per 29.4-min cadence at Kp 12, 227 ppm at
+  Kp 15: Kepler's shot noise plus a floor, divided by sqrt of the number of binned cadences), ~1-day gaps
+  (NaN) between ~93-day quarters, a few isolated flagged cadences (NaN), and the small per-quarter offsets and
+  linear trends that PDCSAP leaves.
 
 Every light curve is divided by its median, so it is relative flux with median ~1.
 """
@@ -49,12 +50,14 @@ class LightCurveConfig:
     quarter_gap_days: float = 1.0        # data-downlink gap at the end of every quarter (NaN)
     missing_fraction: float = 0.002      # isolated flagged cadences (NaN), as PDCSAP has
 
-    # Instrument noise: sigma^2 = floor^2 + photon^2 * 10^(0.4 (Kp - 12)) per 29.4-min cadence.
-    # (32, 44.5) ppm reproduce 55 ppm at Kp 12 and 180 ppm at Kp 15.
-    noise_floor_ppm: float = 32.4
-    noise_photon_ppm_kp12: float = 44.5
-    quarter_offset_ppm: float = 40.0     # residual per-quarter level offset (1 sigma)
-    quarter_trend_ppm: float = 30.0      # residual linear trend across a quarter (1 sigma, end-to-end)
+    # Instrument noise: sigma^2 = floor^2 + photon^2 * 10^(0.4 (Kp - 12)) per 29.4-min cadence. The photon
+    # term is Kepler's shot noise (Jenkins et al. 2010: 57 ppm at Kp 12, 225 ppm at Kp 15, as
+    # desa_core.data.reference.kepler_white_noise_ppm); the floor (read noise, background, jitter) puts bright
+    # stars at ~3x shot noise like the real Kp 7-9 light curves: 62 ppm at Kp 12, 227 ppm at Kp 15.
+    noise_floor_ppm: float = 25.0
+    noise_photon_ppm_kp12: float = 56.6
+    quarter_offset_ppm: float = 10.0     # residual per-quarter level offset (1 sigma): PDCSAP/KADACS leave little
+    quarter_trend_ppm: float = 15.0      # residual linear trend across a quarter (1 sigma, end-to-end)
 
     # Starspots
     n_spot_slots: int = 12               # many overlapping spots: smooth, two-sided modulation like real stars

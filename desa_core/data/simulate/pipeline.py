@@ -71,7 +71,7 @@ def _draw_candidates(rng: np.random.Generator, n: int, cfg: SimulationConfig, gr
     age = pop.sample_ages(rng, n, *cfg.age_range_gyr, cfg.sfh_timescale_gyr)
     feh = np.clip(rng.normal(cfg.feh_mean, cfg.feh_sigma, n), -1.0, 0.5)
     ra, dec, glon, glat = pop.sample_sky(rng, n, cfg.field_center_radec, cfg.field_radius_deg)
-    u_cone, u_keep, u_bin, u_acc, u_dist, cos_i = (rng.uniform(0.0, 1.0, n) for _ in range(6))
+    u_cone, u_keep, u_bin, u_acc, u_dist, cos_i, u_kp = (rng.uniform(0.0, 1.0, n) for _ in range(7))
     h = pop.scale_height_pc(age, cfg.scale_height_young_pc, cfg.scale_height_old_pc)
     table = pop.distance_table(float(np.round(np.median(glon), 0)), cfg.max_distance_pc,
                                cfg.disk_scale_length_pc, (cfg.scale_height_young_pc, cfg.scale_height_old_pc))
@@ -80,9 +80,9 @@ def _draw_candidates(rng: np.random.Generator, n: int, cfg: SimulationConfig, gr
     # Each (age, b) population's share of the stars in the cone; thinning here, before the costly steps,
     # is the first factor of the acceptance probability.
     sel = np.flatnonzero(u_cone < table.weight.reshape(-1)[rows])
-    group, mass0, age, feh, ra, dec, glon, glat, u_keep, u_bin, u_acc, u_dist, cos_i, h, sin_b, rows = (
-        a[sel] for a in (group, mass0, age, feh, ra, dec, glon, glat, u_keep, u_bin, u_acc, u_dist, cos_i, h,
-                         sin_b, rows))
+    group, mass0, age, feh, ra, dec, glon, glat, u_keep, u_bin, u_acc, u_dist, cos_i, u_kp, h, sin_b, rows = (
+        a[sel] for a in (group, mass0, age, feh, ra, dec, glon, glat, u_keep, u_bin, u_acc, u_dist, cos_i, u_kp,
+                         h, sin_b, rows))
     n = len(sel)
     st = interpolate_stars(mass0, age, feh, grid)
     phase = evolutionary_phase(st["eep"], st["logg"])
@@ -146,6 +146,8 @@ def _draw_candidates(rng: np.random.Generator, n: int, cfg: SimulationConfig, gr
     sp = g != GROUPS.index("light_curve_only")
     passed = (app["G"] < cfg.gaia_g_limit) & (~lc | ((app["Kp"] < cfg.kepmag_limit) & (app["Kp"] > cfg.kepmag_bright))) \
         & (~sp | (app["G"] > cfg.gaia_g_bright))
+    # Kepler's target list was nearly complete for bright dwarfs and ever sparser towards Kp 16.
+    passed &= ~lc | (u_kp[idx] < kepler_target_keep_probability(app["Kp"], cfg))
 
     def f2(flux_ratio_mask, band):
         return np.where(flux_ratio_mask, 10 ** (-0.4 * (mag2[band][idx] - mag1[band][idx])), 0.0)
@@ -167,6 +169,14 @@ def _draw_candidates(rng: np.random.Generator, n: int, cfg: SimulationConfig, gr
         "bp_rp_primary": mag1["BP"][idx] - mag1["RP"][idx],
     })
     return out[passed].reset_index(drop=True)
+
+
+def kepler_target_keep_probability(kepmag, cfg: SimulationConfig) -> np.ndarray:
+    """Share of the stars at Kepler magnitude Kp that made Kepler's target list: 1 up to
+    ``kepler_complete_kepmag``, then falling as 10^(-slope (Kp - that)). Fitted on the Kp distribution of the
+    Santos et al. rotation sample (34% of it brighter than Kp 14, half of a pure magnitude-limited draw's)."""
+    kp = np.asarray(kepmag, float)
+    return np.minimum(1.0, 10 ** (-cfg.kepler_faint_slope * (kp - cfg.kepler_complete_kepmag)))
 
 
 def main_sequence_reference(feh: float, age_gyr: float = 4.0):

@@ -1,15 +1,22 @@
 """Rotation periods, Rossby numbers, spot-modulation amplitudes and projected rotation velocities.
 
 * Slow sequence: Bouma, Palumbo & Hillenbrand (2023, ``gyrointerp``), the cluster-calibrated Prot(Teff, age)
-  for 3800-6200 K and 0.08-4 Gyr (alpha Per ... M67), tabulated once per process; beyond 4 Gyr it continues
-  with Skumanich braking (P ~ t^0.5), beyond the Teff range it holds the edge value. The Angus et al.
-  (2019) polynomial (Sun -> 26 d at 4.56 Gyr) is kept as :func:`angus2019_period` for comparison: its
-  Praesepe-only calibration makes old K dwarfs rotate ~40% slower than M67's.
+  for 3800-6200 K and 0.08-4 Gyr (alpha Per ... M67), tabulated once per process; beyond the Teff range it
+  holds the edge value. Beyond 4 Gyr P ~ t^n: Skumanich n = 0.5 for stars hotter than 5900 K (whose weakened
+  braking is the Rossby threshold below), n = 0.1 below 5300 K: with Cranmer & Saar's long tau_c the K/M
+  dwarfs never reach Ro ~ 2, yet Kepler's old K dwarfs barely rotate slower than M67's (Santos et al.: median
+  ~24 d at 4000-5000 K, 3% above 45 d), i.e. weakened braking (van Saders et al. 2016) acts on them too.
+  The Angus et al. (2019) polynomial (Sun -> 26 d at 4.56 Gyr) is kept as :func:`angus2019_period` for
+  comparison: its Praesepe-only calibration makes old K dwarfs rotate ~40% slower than M67's.
 * Weakened magnetic braking (van Saders et al. 2016): once Ro = P/tau_c passes ``rossby_critical`` (~2, the
   Sun's), the star barely spins down further (P grows as P_gyro^0.1 beyond that point).
+* Scatter about the slow sequence: ``gyro_scatter_dex`` (0.03 dex, as cluster benchmark members scatter about
+  the Bouma model at 0.67-4 Gyr).
 * Convective turnover time tau_c(Teff): Cranmer & Saar (2011), 12.9 d for the Sun.
-* Kraft break: above ~6400 K thin convective envelopes barely brake; P ~ 2-10 d (log-normal around 5 d,
-  0.25 dex), blended in over +-250 K; their spot amplitudes are lower (-0.8 dex by 6500 K), as in Santos.
+* Kraft break: a gradual one, blended in around ``kraft_break_teff`` (6350 K, logistic width 150 K): hot
+  stars get P log-normal (0.2 dex) around a median falling with Teff (9 d at 6200 K, 5.5 d at 6500 K, 3.9 d
+  at 6800 K, 3 d at 7100 K), as Santos et al. 2021 measured (6.7, 4.4, 3.4 d at 6250-6500, 6500-6750,
+  6750-7000 K).
 * Young fast rotators: stars that have not yet converged onto the slow sequence, with probability
   1 / (1 + (age / t_half)^3), t_half = 50 Myr (M/Msun)^-3 (half converged: G dwarfs by ~60 Myr, K5 by
   ~150 Myr as in the Pleiades, 0.5 Msun by ~400 Myr, 0.4 Msun by ~800 Myr as in Praesepe), get P
@@ -17,11 +24,14 @@
 * Subgiants and giants conserve angular momentum as they expand: P = P_MS (R / R_TAMS)^2 (hundreds of days
   on the lower RGB, up to ~10^5 d near its tip, where no spot modulation would be measurable anyway).
 * Tidally synchronised binaries: P = P_orb (set in the pipeline, which owns the binary model).
-* Spot amplitude S_ph (the Santos et al. 2019/2021 photometric activity proxy): log10 S_ph[ppm] =
-  2.95 - 1.09 log10 Ro (0.45 dex scatter) for 0.1 < Ro < 2, saturated at ~9000 ppm below Ro 0.1, dropping
-  faster beyond Ro 2; a growing fraction of the slow rotators (from none at Ro 0.8 to ``quiet_fraction_max``
-  at Ro 2) are magnetically quiet (~10 ppm, no detectable modulation), as the ~65% of Kepler dwarfs
-  without a measured period are (Santos et al. 2019, 2021).
+* Spot amplitude S_ph (the Santos et al. 2019/2021 photometric activity proxy), tuned so that the stars a
+  Kepler pipeline would detect match Santos's detected ones: log10 S_ph[ppm] = 3.1 - 0.9 log10 Ro (0.45 dex
+  scatter) for 0.1 < Ro < 1.2, saturated at ~9000 ppm below Ro 0.1, falling as Ro^-3 beyond 1.2; plus a Teff
+  offset at fixed Ro (+0.15 dex for K dwarfs, -0.25 dex at 5900 K, -1 dex at 6200 K: thin convective
+  envelopes). A growing fraction of the slow rotators (from none at Ro 1 to ``quiet_fraction_max`` at Ro 2.2)
+  and up to half of the F stars are magnetically quiet (~10 ppm, no detectable modulation), as the ~65% of
+  Kepler dwarfs without a measured period are (Santos et al. 2019, 2021). For F stars the Ro of the knee and
+  of the quiet fraction uses tau_c held at its 5950-K value.
 """
 from __future__ import annotations
 
@@ -36,6 +46,15 @@ _ANGUS_AGE = 0.6470950862322454
 _ANGUS_RED = (-13.558898318835137, 0.9359250478865809)  # b1, b0 for log10(BP-RP) >= 0.43
 
 RSUN_KM = 695700.0
+# Median period [log10 d] of stars above the Kraft break against Teff.
+HOT_TEFF = (6200.0, 6500.0, 6800.0, 7100.0)
+HOT_LOG_PERIOD = tuple(np.log10((9.0, 5.5, 3.9, 3.0)))
+# Offset [dex] of the spot amplitude at fixed Rossby number against Teff: at fixed Ro, Kepler's K dwarfs are
+# more spotted than G dwarfs and F stars much less (Santos et al.: saturated ~10,700 ppm at 4500-5500 K vs
+# ~700 ppm at 6000-6500 K; Ro 0.6-1: ~2,300 vs ~750 ppm): thin convective envelopes.
+SPOT_TEFF = (3750.0, 4250.0, 4750.0, 5200.0, 5600.0, 5900.0, 6200.0, 6500.0)
+HOT_QUIET_MAX = 0.5
+SPOT_OFFSET_DEX = (-0.3, -0.15, 0.0, 0.05, 0.0, -0.25, -1.0, -1.2)
 
 
 def angus2019_period(bp_rp, age_gyr):
@@ -50,11 +69,15 @@ def angus2019_period(bp_rp, age_gyr):
 @lru_cache(maxsize=1)
 def bouma2023_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(teff grid, log10 age [Myr] grid, P [d] table (age, teff)) of the Bouma et al. 2023 slow sequence."""
+    from desa_core.data.reference import ReferenceUnavailable, gyrointerp_models
+
     try:
-        from gyrointerp.models import slow_sequence
-    except ImportError as e:  # pragma: no cover - a declared dependency
+        # Not a plain import: gyrointerp writes a cache folder in the home directory when imported, which
+        # fails where the home folder is missing or read-only; this wrapper redirects it.
+        slow_sequence = gyrointerp_models().slow_sequence
+    except ReferenceUnavailable as e:  # pragma: no cover - a declared dependency
         raise ImportError("the simulated survey's gyrochronology needs `gyrointerp` (Bouma et al. 2023): "
-                          "pip install gyrointerp") from e
+                          f"pip install gyrointerp ({e})") from e
     teff = np.arange(3800.0, 6200.1, 25.0)
     log_age = np.linspace(np.log10(80.0), np.log10(4000.0), 28)
     level = logging.getLogger("gyrointerp").level
@@ -68,8 +91,17 @@ def bouma2023_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return teff, log_age, table
 
 
+def old_braking_index(teff):
+    """Exponent n of P ~ t^n beyond 4 Gyr: Skumanich (0.5) for G/F stars, whose weakened braking sets in at
+    Ro ~ 2 (see :func:`main_sequence_period`), ~0.1 for K/M dwarfs, whose long convective turnover keeps them
+    below that threshold although Kepler's old K dwarfs barely rotate slower than M67's (Santos et al.:
+    median ~24 d at 4000-5000 K, 3% above 45 d)."""
+    return np.interp(np.asarray(teff, float), [5300.0, 5900.0], [0.1, 0.5])
+
+
 def slow_sequence_period(teff, age_gyr):
-    """Slow-sequence rotation period [d] (Bouma et al. 2023, Skumanich-extended past 4 Gyr)."""
+    """Slow-sequence rotation period [d] (Bouma et al. 2023; beyond 4 Gyr P ~ t^n, n from
+    :func:`old_braking_index`)."""
     tg, lag, table = bouma2023_table()
     t = np.clip(np.asarray(teff, float), tg[0], tg[-1])
     age_myr = np.asarray(age_gyr, float) * 1000.0
@@ -80,7 +112,7 @@ def slow_sequence_period(teff, age_gyr):
     wt = (t - tg[j]) / (tg[j + 1] - tg[j])
     p = ((1 - wa) * (1 - wt) * table[i, j] + (1 - wa) * wt * table[i, j + 1]
          + wa * (1 - wt) * table[i + 1, j] + wa * wt * table[i + 1, j + 1])
-    return p * np.sqrt(np.maximum(age_myr / 4000.0, 1.0))
+    return p * np.maximum(age_myr / 4000.0, 1.0) ** old_braking_index(teff)
 
 
 def convective_turnover_days(teff):
@@ -103,9 +135,11 @@ def main_sequence_period(rng, teff, mass, age_gyr, cfg):
     fast = rng.uniform(0.0, 1.0, n) < 1.0 / (1.0 + (np.asarray(age_gyr, float) / t_half) ** 3)
     log_fast = np.log10(0.3) + rng.uniform(0.0, 1.0, n) * (log_p - np.log10(0.3))
     log_p = np.where(fast & (log_p > np.log10(0.3)), log_fast, log_p)
-    # Above the Kraft break.
-    log_hot = rng.normal(np.log10(5.0), 0.25, n)
-    w_hot = 1.0 / (1.0 + np.exp(-(np.asarray(teff, float) - cfg.kraft_break_teff) / 120.0))
+    # Above the Kraft break: the hotter, the faster (Santos et al. 2021 medians: 6.7, 4.4, 3.4 d at 6250-6500,
+    # 6500-6750, 6750-7000 K), blended in gradually over a few hundred K.
+    t = np.asarray(teff, float)
+    log_hot = np.interp(t, HOT_TEFF, HOT_LOG_PERIOD) + rng.normal(0.0, 0.2, n)
+    w_hot = 1.0 / (1.0 + np.exp(-(t - cfg.kraft_break_teff) / 150.0))
     log_p = (1 - w_hot) * log_p + w_hot * log_hot
     return 10**log_p
 
@@ -116,17 +150,27 @@ def rossby_number(prot_days, teff):
 
 def spot_amplitude_ppm(rng, rossby, teff, cfg):
     """Photometric activity S_ph [ppm] from the Rossby number (Santos-catalogue relation, see module doc)."""
-    ro = np.asarray(rossby, float)
+    # The activity knee and the quiet fraction follow Ro with tau_c held at its 5950-K value for hotter stars:
+    # Kepler F stars stay spotted (a few hundred ppm) at periods where CS11's collapsing tau_c gives Ro ~ 2-3
+    # (real median Prot 11.8 d at 6000-6250 K); their lower amplitude is the Teff offset below.
+    t = np.asarray(teff, float)
+    ro = np.asarray(rossby, float) * convective_turnover_days(t) / convective_turnover_days(np.minimum(t, 5950.0))
     n = len(ro)
     lr = np.log10(np.clip(ro, 1e-4, None))
-    mid = 2.95 - 1.09 * lr
+    # Santos-like power law up to Ro ~ 1.2, then a steep drop: real detected amplitudes fall from ~1,800 ppm at
+    # Ro 0.7-1 to ~300 ppm at Ro 1.5-2.5.
+    mid = 3.1 - 0.9 * lr
     sat = 3.95  # the Santos saturation level, ~9000 ppm
-    at2 = 2.95 - 1.09 * np.log10(2.0)
+    ro_k = 1.2
+    at_k = 3.1 - 0.9 * np.log10(ro_k)
     log_s = np.where(ro < 0.1, sat + rng.normal(0.0, 0.25, n),
-                     np.where(ro <= 2.0, mid + rng.normal(0.0, 0.45, n),
-                              at2 - 3.0 * (lr - np.log10(2.0)) + rng.normal(0.0, 0.45, n)))
-    log_s -= 0.8 * np.clip((np.asarray(teff, float) - 5900.0) / 600.0, 0.0, 1.0)  # thin convective envelopes
-    p_quiet = cfg.quiet_fraction_max * np.clip((ro - 0.8) / 1.2, 0.0, 1.0)
+                     np.where(ro <= ro_k, mid + rng.normal(0.0, 0.45, n),
+                              at_k - 3.0 * (lr - np.log10(ro_k)) + rng.normal(0.0, 0.45, n)))
+    log_s += np.interp(t, SPOT_TEFF, SPOT_OFFSET_DEX)
+    p_quiet = cfg.quiet_fraction_max * np.clip((ro - 1.0) / 1.2, 0.0, 1.0)
+    # Many F stars show no spot modulation at all: Santos et al. (2021) find periods in a smaller share of
+    # them than of G/K dwarfs (F stars are 19% of their rotation sample, more of the magnitude-limited one).
+    p_quiet = np.maximum(p_quiet, HOT_QUIET_MAX * np.clip((t - 5900.0) / 500.0, 0.0, 1.0))
     quiet = rng.uniform(0.0, 1.0, n) < p_quiet
     log_s = np.where(quiet, rng.normal(1.0, 0.3, n), log_s)
     return np.clip(10**log_s, 1.0, 3e4)
