@@ -1,0 +1,210 @@
+"""DualFormer: aligns frozen spectra and light-curve features; its eigenbasis gives the DESA embedding.
+
+Method section 4, label-free by default:
+
+- each feature vector is read as a sequence of scalar tokens; one shared ``Linear(1 -> dim)`` lifts every
+  value; rotary positions run over the feature index;
+- pre-norm blocks; for the spectra stream ``a_s = Out_s(Attn(q_s, k_l, v_l) + Attn(q_s, k_s, v_s))`` (one
+  query for the cross and the self term), symmetric for the light-curve stream; residual; a separate FFN per
+  stream. ``attention_type`` 'cross' / 'self' keep one of the two terms (ablations);
+- final LayerNorm and mean pooling -> h_s, h_l;
+- one bias-free square matrix A (symmetric by default: A = (W + W^T)/2), p_s = A h_s, p_l = A^T h_l
+  ('transpose') or A h_l ('same');
+- loss (:func:`alignment_loss`): ``0.5 mean_b (h_s^T A h_s - h_l^T A h_l)^2 + 0.5 L_cov`` with L_cov the
+  squared off-diagonal batch covariance of p_s and of p_l divided by the dimension; optional
+  cross-covariance and variance (std hinge) terms behind flags (dead / off in the public code);
+- after training :meth:`DualFormer.finalize` eigendecomposes A (its symmetric part, which is all the loss
+  sees), sorts by |eigenvalue|, and ``embedding = (h_s + h_l) V``.
+
+A star that lacks a modality gets a learned placeholder feature vector in that stream; training hides one
+modality of a random ``modality_dropout`` share of stars so the placeholder stream learns to impute from the
+other stream through cross-attention. Input features are standardised with training-set statistics stored
+as buffers, so the model carries everything it needs.
+
+``label_conditioned=True`` is the named leakage ablation of the public code (section 5.1): catalogue labels
+are appended to h_s and h_l before the projection. It is never the default.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from desa_core.models.config import CONDITIONING_LABELS, DualFormerConfig
+from desa_core.models.layers import RotaryEmbedding, apply_rotary
+
+
+def conditioning_labels(catalog, rows=None) -> np.ndarray:
+    """Catalogue labels of the named label_conditioned ablation, (N, 6) float32, NaN where unknown."""
+    rows = np.arange(len(catalog)) if rows is None else np.asarray(rows, dtype=np.int64)
+    cols = [catalog[c].to_numpy(np.float64)[rows] if c in catalog.columns else np.full(len(rows), np.nan)
+            for c in CONDITIONING_LABELS]
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+class DualBlock(nn.Module):
+    def __init__(self, cfg: DualFormerConfig):
+        super().__init__()
+        d = cfg.dim
+        self.cfg = cfg
+        self.heads, self.head_dim = cfg.heads, d // cfg.heads
+        self.norm1 = nn.ModuleDict({s: nn.LayerNorm(d) for s in "sl"})
+        self.qkv = nn.ModuleDict({s: nn.Linear(d, 3 * d, bias=False) for s in "sl"})
+        self.out = nn.ModuleDict({s: nn.Linear(d, d) for s in "sl"})
+        self.norm2 = nn.ModuleDict({s: nn.LayerNorm(d) for s in "sl"})
+        self.ffn = nn.ModuleDict({s: nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(), nn.Dropout(cfg.dropout),
+                                                   nn.Linear(cfg.ffn_dim, d)) for s in "sl"})
+        self.rotary = RotaryEmbedding(self.head_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def _heads(self, x, which):
+        b, n, _ = x.shape
+        q, k, v = self.qkv[which](self.norm1[which](x)).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        cos, sin = self.rotary(n, x.device, x.dtype)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def forward(self, xs: torch.Tensor, xl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        qs, ks, vs = self._heads(xs, "s")
+        ql, kl, vl = self._heads(xl, "l")
+        t = self.cfg.attention_type
+        p = self.cfg.dropout if self.training else 0.0
+
+        def mix(q, k_self, v_self, k_other, v_other):
+            y = 0
+            if t in ("cross_self", "cross"):
+                y = y + F.scaled_dot_product_attention(q, k_other, v_other, dropout_p=p)
+            if t in ("cross_self", "self"):
+                y = y + F.scaled_dot_product_attention(q, k_self, v_self, dropout_p=p)
+            b, h, n, e = y.shape
+            return y.transpose(1, 2).reshape(b, n, h * e)
+
+        xs = xs + self.drop(self.out["s"](mix(qs, ks, vs, kl, vl)))
+        xl = xl + self.drop(self.out["l"](mix(ql, kl, vl, ks, vs)))
+        xs = xs + self.drop(self.ffn["s"](self.norm2["s"](xs)))
+        xl = xl + self.drop(self.ffn["l"](self.norm2["l"](xl)))
+        return xs, xl
+
+
+class DualFormer(nn.Module):
+    """forward(z_spec, z_lc, has_spec, has_lc, labels=None) -> dict h_s, h_l, p_s, p_l (+ 'embedding' once
+    finalised)."""
+
+    def __init__(self, cfg: DualFormerConfig, d_spec: int, d_lc: int):
+        super().__init__()
+        self.cfg, self.d_spec, self.d_lc = cfg, int(d_spec), int(d_lc)
+        self.n_labels = len(CONDITIONING_LABELS) if cfg.label_conditioned else 0
+        self.lift = nn.Linear(1, cfg.dim)
+        self.blocks = nn.ModuleList(DualBlock(cfg) for _ in range(cfg.depth))
+        self.final_norm = nn.ModuleDict({s: nn.LayerNorm(cfg.dim) for s in "sl"})
+        self.placeholder_spec = nn.Parameter(torch.zeros(self.d_spec))
+        self.placeholder_lc = nn.Parameter(torch.zeros(self.d_lc))
+        n = cfg.dim + self.n_labels
+        # Near-identity start: p_s ~ h_s, so the covariance term is informative from the first step.
+        self.A_weight = nn.Parameter(torch.eye(n) + 0.01 * torch.randn(n, n))
+        for name, d in (("spec", self.d_spec), ("lc", self.d_lc), ("label", self.n_labels)):
+            self.register_buffer(f"{name}_mean", torch.zeros(d))
+            self.register_buffer(f"{name}_std", torch.ones(d))
+        self.register_buffer("eigenvalues", torch.zeros(n))
+        self.register_buffer("eigenvectors", torch.eye(n))
+        self.register_buffer("finalized", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.cfg.dim + self.n_labels
+
+    @property
+    def A(self) -> torch.Tensor:
+        w = self.A_weight
+        return 0.5 * (w + w.T) if self.cfg.symmetric_A else w
+
+    def set_normalisation(self, z_spec, z_lc, labels=None) -> None:
+        """Store per-feature mean/std of the training features (and labels) used to standardise inputs."""
+        for name, z in (("spec", z_spec), ("lc", z_lc), ("label", labels)):
+            if z is None or len(z) == 0:
+                continue
+            z = torch.as_tensor(z, dtype=torch.float32)
+            mu = torch.nanmean(z, 0)
+            sd = torch.sqrt(torch.nanmean((z - mu) ** 2, 0))
+            getattr(self, f"{name}_mean").copy_(torch.nan_to_num(mu))
+            getattr(self, f"{name}_std").copy_(torch.where(torch.isfinite(sd) & (sd > 1e-6), sd, torch.ones_like(sd)))
+
+    def _stream(self, z, has, mean, std, placeholder):
+        z = (z - mean) / std
+        z = torch.where(has[:, None], z, placeholder[None, :].to(z.dtype))
+        return self.lift(z.unsqueeze(-1))
+
+    def forward(self, z_spec: torch.Tensor, z_lc: torch.Tensor, has_spec: torch.Tensor, has_lc: torch.Tensor,
+                labels: torch.Tensor | None = None) -> dict:
+        xs = self._stream(z_spec, has_spec, self.spec_mean, self.spec_std, self.placeholder_spec)
+        xl = self._stream(z_lc, has_lc, self.lc_mean, self.lc_std, self.placeholder_lc)
+        for blk in self.blocks:
+            xs, xl = blk(xs, xl)
+        h_s = self.final_norm["s"](xs).mean(1)
+        h_l = self.final_norm["l"](xl).mean(1)
+        if self.n_labels:
+            if labels is None:
+                raise ValueError("this DualFormer is the label_conditioned ablation: it needs labels "
+                                 f"{CONDITIONING_LABELS}")
+            lab = torch.nan_to_num((labels.to(h_s.dtype) - self.label_mean) / self.label_std)
+            h_s, h_l = torch.cat([h_s, lab], -1), torch.cat([h_l, lab], -1)
+        A = self.A
+        p_s = h_s @ A.T                                                   # A h_s
+        p_l = h_l @ A if self.cfg.projection_type == "transpose" else h_l @ A.T
+        out = {"h_s": h_s, "h_l": h_l, "p_s": p_s, "p_l": p_l}
+        if bool(self.finalized):
+            out["embedding"] = (h_s + h_l) @ self.eigenvectors
+        return out
+
+    @torch.no_grad()
+    def finalize(self) -> None:
+        """Eigendecompose the symmetric part of A (what the loss sees); sort by |eigenvalue|, descending."""
+        A = self.A.detach().double()
+        vals, vecs = torch.linalg.eigh(0.5 * (A + A.T))
+        order = torch.argsort(vals.abs(), descending=True)
+        vecs = vecs[:, order]
+        # Fix each eigenvector's sign (largest component positive) so the embedding is reproducible.
+        idx = vecs.abs().argmax(0)
+        vecs = vecs * torch.sign(vecs[idx, torch.arange(vecs.shape[1])])
+        self.eigenvalues.copy_(vals[order].float())
+        self.eigenvectors.copy_(vecs.float())
+        self.finalized.fill_(True)
+
+
+def _offdiag_sq(c: torch.Tensor) -> torch.Tensor:
+    return (c ** 2).sum() - (torch.diagonal(c) ** 2).sum()
+
+
+def alignment_loss(out: dict, cfg: DualFormerConfig) -> dict:
+    """The DESA alignment loss on a batch of DualFormer outputs; returns the total and its terms.
+
+    duality: mean_b (h_s^T A h_s - h_l^T A h_l)^2 -- zero when the two quadratic forms agree per star.
+    cov: sum over p in (p_s, p_l) of the squared off-diagonal entries of the batch covariance / dim.
+    cross_cov (flag): squared off-diagonal entries of the p_s-p_l cross-covariance / dim.
+    variance (flag): mean hinge max(0, 1 - std) over the dimensions of p_s and p_l (VICReg, Bardes et al. 2022).
+
+    >>> o = model(z_s, z_l, has_s, has_l); L = alignment_loss(o, cfg)["loss"]
+    """
+    h_s, h_l, p_s, p_l = out["h_s"], out["h_l"], out["p_s"], out["p_l"]
+    b, d = p_s.shape
+    if b < 2:
+        raise ValueError("alignment_loss needs a batch of at least 2 stars (it uses batch covariances)")
+    # h^T A h = h . p for both streams (p_l = A^T h_l or A h_l: the same quadratic form), so the loss needs
+    # only the forward outputs -- which keeps it inside what DDP synchronises.
+    q_s = (h_s * p_s).sum(-1)
+    q_l = (h_l * p_l).sum(-1)
+    duality = ((q_s - q_l) ** 2).mean()
+    cs, cl = p_s - p_s.mean(0), p_l - p_l.mean(0)
+    cov = (_offdiag_sq(cs.T @ cs / (b - 1)) + _offdiag_sq(cl.T @ cl / (b - 1))) / d
+    terms = {"duality": duality, "cov": cov}
+    loss = cfg.duality_weight * duality + cfg.cov_weight * cov
+    if cfg.cross_cov:
+        cross = _offdiag_sq(cs.T @ cl / (b - 1)) / d
+        terms["cross_cov"] = cross
+        loss = loss + cfg.cross_cov_weight * cross
+    if cfg.variance_term:
+        var = 0.5 * (F.relu(1 - torch.sqrt(cs.var(0) + 1e-4)).mean() + F.relu(1 - torch.sqrt(cl.var(0) + 1e-4)).mean())
+        terms["variance"] = var
+        loss = loss + cfg.variance_weight * var
+    terms["loss"] = loss
+    return terms

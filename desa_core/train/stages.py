@@ -1,0 +1,515 @@
+"""The training stages of `desa train`, each resumable and checkpointed under RUN/checkpoints/.
+
+    light_curve_encoder  SimSiam (two random crops) + Prot quantile regression      -> light_curve_encoder.pt
+    spectra_encoder      masked-pixel reconstruction + Teff/logg/[Fe/H] quantiles    -> spectra_encoder.pt
+    features             frozen encoder features of every star -> RUN/features.npz   -> features.pt
+    dualformer           alignment on the frozen features (train split, early stop)  -> dualformer.pt
+
+A stage's final checkpoint (a state dict, written atomically) marks it complete. While it runs, a stage
+writes RUN/checkpoints/<stage>.partial.pt after every epoch (model, optimiser, epoch counters, best
+weights); an interrupted stage resumes from there. Randomness is drawn from generators seeded by
+(seed, stage, epoch, rank) and the learning rate is a function of the step, so a resumed run repeats the
+uninterrupted one exactly.
+
+Preprocessed inputs of the whole store are cached once per run in RUN/cache/ (float32 .npy, memory-mapped):
+cleaned light curves (random crops and their ACF/FFT channels are drawn per batch, cheaply) and finished
+spectra, so epochs on a CPU cost only the model.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from desa_core.data.preprocess import (RV_COLUMN, clean_light_curve, light_curve_channels,
+                                       preprocess_spectrum, spectrum_snr)
+from desa_core.data.store import SurveyStore, atomic_write_bytes, atomic_write_json, sha256_file
+from desa_core.models.config import DesaConfig
+from desa_core.models.dualformer import conditioning_labels  # noqa: F401 -- also used by desa_core.evaluate
+from desa_core.models.light_curve_encoder import LightCurvePretrainer
+from desa_core.models.spectra_encoder import SpectraPretrainer
+from desa_core.train import distributed as ddp
+
+log = logging.getLogger(__name__)
+
+STAGES = ("light_curve_encoder", "spectra_encoder", "features", "dualformer")
+PROT_SCALE_DAYS = 70.0
+TEFF_SCALE_K = 5778.0
+
+
+def _after_epoch(stage: str, epoch: int) -> None:
+    """Called after each epoch's checkpoint is on disk. Does nothing; tests replace it to simulate a kill."""
+
+
+@dataclass
+class RunContext:
+    run_dir: Path
+    store: SurveyStore
+    cfg: DesaConfig
+    info: ddp.DistInfo
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def log(self) -> "CsvLog":
+        return CsvLog(self.run_dir / "log.csv", enabled=self.info.is_main)
+
+
+# ------------------------------------------------------------------------------------------------ utilities
+class CsvLog:
+    """RUN/log.csv in long form: stage, epoch, split, metric, value (one row per number)."""
+
+    FIELDS = ("stage", "epoch", "split", "metric", "value")
+
+    def __init__(self, path: Path | None, enabled: bool = True):
+        self.path, self.enabled = (Path(path) if path else None), enabled and path is not None
+
+    def add(self, stage: str, epoch: int, split: str, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(self.FIELDS)
+            for k, v in metrics.items():
+                w.writerow((stage, epoch, split, k, f"{float(v):.6g}"))
+
+    def truncate(self, stage: str, from_epoch: int) -> None:
+        """Drop rows of ``stage`` with epoch >= from_epoch (they are about to be re-run after a resume)."""
+        if not self.enabled or not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        keep = [r for r in rows[1:] if not (r[0] == stage and int(r[1]) >= from_epoch)]
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(self.FIELDS)
+        w.writerows(keep)
+        atomic_write_bytes(self.path, buf.getvalue().encode())
+
+
+def save_checkpoint(obj, path: Path) -> None:
+    """torch.save through a temporary file and a rename: a kill never leaves a truncated checkpoint."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, map_location="cpu"):
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint is a user-facing error naming the file
+        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+
+
+def seed_for(*parts) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") % (2**63)
+
+
+def lr_at(step: int, total: int, base: float, warmup_fraction: float) -> float:
+    """Linear warm-up then cosine decay to 5% of ``base``; a pure function of the step (resume-safe)."""
+    warm = max(1, int(total * warmup_fraction))
+    if step < warm:
+        return base * (step + 1) / warm
+    p = min(1.0, (step - warm) / max(1, total - warm))
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def fit_epochs(stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epochs: int, train_epoch,
+               validate=None, ckpt_path: Path | None = None, patience: int | None = None,
+               info: ddp.DistInfo | None = None, csv_log: CsvLog | None = None) -> dict:
+    """Run ``train_epoch(epoch) -> metrics`` for ``epochs`` epochs with per-epoch checkpoints and resume.
+
+    ``validate(epoch) -> metrics`` (with 'loss') enables best-weights tracking; with ``patience`` the loop
+    stops after that many epochs without improvement and restores the best weights.
+    """
+    info = info or ddp.current()
+    net = ddp.unwrap(model)
+    state = {"epoch": 0, "best_val": float("inf"), "bad_epochs": 0, "best_epoch": -1}
+    best = None
+    if ckpt_path is not None and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        net.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        state.update(ck["state"])
+        best = ck.get("best_model")
+        log.info("%s: resuming after epoch %d from %s", stage, state["epoch"], ckpt_path)
+        if csv_log is not None:
+            csv_log.truncate(stage, state["epoch"])
+    for epoch in range(int(state["epoch"]), epochs):
+        if patience is not None and state["bad_epochs"] >= patience:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        train_metrics = ddp.all_mean(train_epoch(epoch), info)
+        val_metrics = {}
+        if validate is not None:
+            model.eval()
+            with torch.no_grad():
+                val_metrics = validate(epoch)
+            if val_metrics.get("loss", float("inf")) < state["best_val"]:
+                state.update(best_val=float(val_metrics["loss"]), bad_epochs=0, best_epoch=epoch)
+                best = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            else:
+                state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        if csv_log is not None:
+            csv_log.add(stage, epoch, "train", {**train_metrics, "wall_s": time.perf_counter() - t0})
+            if val_metrics:
+                csv_log.add(stage, epoch, "val", val_metrics)
+        log.info("%s epoch %d/%d: train %s%s", stage, epoch + 1, epochs,
+                 {k: round(float(v), 4) for k, v in train_metrics.items()},
+                 f", val {({k: round(float(v), 4) for k, v in val_metrics.items()})}" if val_metrics else "")
+        if ckpt_path is not None:
+            if info.is_main:
+                save_checkpoint({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                                 **({"best_model": best} if best is not None else {})}, ckpt_path)
+            ddp.barrier()
+        _after_epoch(stage, epoch)
+    if patience is not None and best is not None:
+        net.load_state_dict(best)
+    return state
+
+
+# ----------------------------------------------------------------------------------------------- the cache
+@dataclass
+class Cache:
+    light_curves: np.ndarray   # (n_lc, T) cleaned x = flux/median - 1 on the model cadence, LC-row order
+    lc_ok: np.ndarray          # (n_lc,) bool: preprocessing succeeded
+    spectra: np.ndarray        # (n_spec, 1, spec_length) finished model input, spectrum-row order
+    spec_ok: np.ndarray
+    snr: np.ndarray            # (n_spec,) median per-pixel S/N
+
+
+def _cache_key(ctx: RunContext) -> str:
+    man = ctx.store.path / "manifest.json"
+    blob = json.dumps({"preprocess": asdict(ctx.cfg.preprocess), "survey": sha256_file(man),
+                       "rv_column": RV_COLUMN}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def ensure_cache(ctx: RunContext) -> Cache:
+    """Preprocess every light curve and spectrum of the store once (rank 0); later calls load it."""
+    d = ctx.run_dir / "cache"
+    key = _cache_key(ctx)
+    meta_path = d / "meta.json"
+
+    def valid() -> bool:
+        try:
+            return json.loads(meta_path.read_text()).get("key") == key
+        except (OSError, json.JSONDecodeError):
+            return False
+
+    if ctx.info.is_main and not valid():
+        _build_cache(ctx, d, key)
+    ddp.barrier()
+    if not valid():
+        raise ValueError(f"{d}: preprocessing cache is missing or stale after building it")
+    return Cache(light_curves=np.load(d / "light_curves.npy", mmap_mode="r"), lc_ok=np.load(d / "lc_ok.npy"),
+                 spectra=np.load(d / "spectra.npy", mmap_mode="r"), spec_ok=np.load(d / "spec_ok.npy"),
+                 snr=np.load(d / "snr.npy"))
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _build_cache(ctx: RunContext, d: Path, key: str) -> None:
+    store, pcfg = ctx.store, ctx.cfg.preprocess
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    n_lc, n_spec = store.light_curves.shape[0], store.spectra_flux.shape[0]
+    log.info("preprocessing %d light curves and %d spectra into %s", n_lc, n_spec, d)
+    cleaned, lc_ok = [], np.zeros(n_lc, bool)
+    for r in tqdm(range(n_lc), desc="light curves", disable=n_lc < 500, mininterval=2.0):
+        try:
+            cleaned.append(clean_light_curve(store.time, store.light_curves[r], pcfg,
+                                             what=f"{store.path}: light-curve row {r}"))
+            lc_ok[r] = True
+        except ValueError as e:
+            log.warning("skipping %s", e)
+            cleaned.append(np.zeros(0, np.float32))
+    t_len = max((len(c) for c in cleaned), default=0)
+    lcs = np.zeros((n_lc, t_len), np.float32)
+    for r, c in enumerate(cleaned):
+        lcs[r, :len(c)] = c
+    del cleaned
+    rv_by_row = np.zeros(n_spec)
+    cat = store.catalog
+    if RV_COLUMN in cat.columns:
+        rows = cat["spec_row"].to_numpy(np.int64)
+        has = rows >= 0
+        rv_by_row[rows[has]] = np.nan_to_num(cat[RV_COLUMN].to_numpy(np.float64)[has])
+    else:
+        log.warning("%s: catalogue has no %s column; spectra are taken as rest frame", store.path, RV_COLUMN)
+    specs = np.lib.format.open_memmap(d / ".spectra.npy.tmp", mode="w+", dtype=np.float32,
+                                      shape=(n_spec, 1, pcfg.spec_length))
+    spec_ok, snr = np.zeros(n_spec, bool), np.zeros(n_spec, np.float32)
+    for r in tqdm(range(n_spec), desc="spectra", disable=n_spec < 500, mininterval=2.0):
+        flux, ivar = np.asarray(store.spectra_flux[r]), np.asarray(store.spectra_ivar[r])
+        try:
+            specs[r] = preprocess_spectrum(store.wavelength, flux, ivar, rv_by_row[r], pcfg)
+            spec_ok[r] = True
+            snr[r] = spectrum_snr(flux, ivar)
+        except ValueError as e:
+            log.warning("skipping %s: spectrum row %d: %s", store.path, r, e)
+            specs[r] = 0.0
+    specs.flush()
+    del specs
+    os.replace(d / ".spectra.npy.tmp", d / "spectra.npy")
+    _save_npy(d / "light_curves.npy", lcs)
+    for name, a in (("lc_ok", lc_ok), ("spec_ok", spec_ok), ("snr", snr)):
+        _save_npy(d / f"{name}.npy", a)
+    atomic_write_json(d / "meta.json", {"key": key, "n_light_curves": n_lc, "n_spectra": n_spec,
+                                        "lc_points": t_len, "seconds": round(time.perf_counter() - t0, 2)})
+    log.info("preprocessing cache written in %.1f s (%d/%d light curves, %d/%d spectra usable)",
+             time.perf_counter() - t0, lc_ok.sum(), n_lc, spec_ok.sum(), n_spec)
+
+
+# ------------------------------------------------------------------------------------------- star tables
+def _column(cat, name) -> np.ndarray:
+    return cat[name].to_numpy(np.float64) if name in cat.columns else np.full(len(cat), np.nan)
+
+
+def _encoder_rows(ctx: RunContext, cache: Cache, modality: str, split: str) -> np.ndarray:
+    """Catalogue positions of stars in ``split`` that have a usable ``modality`` ('lc' | 'spec')."""
+    cat = ctx.store.catalog
+    rows = cat["lc_row" if modality == "lc" else "spec_row"].to_numpy(np.int64)
+    ok = cache.lc_ok if modality == "lc" else cache.spec_ok
+    has = rows >= 0
+    has[has] = ok[rows[has]]
+    return np.flatnonzero(has & (cat["split"].to_numpy() == split))
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast on CUDA when the config asks for it; a no-op context on CPU."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(enabled) and device.type == "cuda")
+
+
+def _make_optimizer(model, lr, weight_decay):
+    return torch.optim.AdamW(ddp.unwrap(model).parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def _set_lr(opt, lr):
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+# ----------------------------------------------------------------------------------- stage 1: light curve
+def light_curve_inputs(ctx: RunContext, cache: Cache, stars: np.ndarray, rng) -> torch.Tensor:
+    cat = ctx.store.catalog
+    lc_rows = cat["lc_row"].to_numpy(np.int64)[stars]
+    x = np.asarray(cache.light_curves[np.sort(lc_rows)])[np.argsort(np.argsort(lc_rows))]
+    return torch.from_numpy(light_curve_channels(x, _column(cat, "abs_g")[stars], ctx.cfg.preprocess, rng))
+
+
+def stage_light_curve_encoder(ctx: RunContext) -> torch.nn.Module:
+    cfg, tc, info = ctx.cfg, ctx.cfg.train, ctx.info
+    cache = ensure_cache(ctx)
+    train_stars = _encoder_rows(ctx, cache, "lc", "train")
+    val_stars = _encoder_rows(ctx, cache, "lc", "val")[: tc.val_max_stars]
+    if len(train_stars) < 2:
+        raise ValueError(f"{ctx.store.path}: fewer than 2 training stars with a light curve")
+    prot = np.minimum(_column(ctx.store.catalog, "prot_days"), tc.prot_clip_days) / PROT_SCALE_DAYS
+    torch.manual_seed(tc.seed)
+    net = LightCurvePretrainer(cfg.light_curve, tc.quantiles, tc.ssl_weight, tc.regression_weight).to(info.device)
+    model = ddp.wrap(net, info)
+    opt = _make_optimizer(model, tc.lc_lr, tc.weight_decay)
+    order = ddp.ShardedOrder(len(train_stars), info, seed=seed_for(tc.seed, "lc-order"))
+    steps = len(order.epoch_batches(0, tc.lc_batch_size, tc.lc_steps_per_epoch, min_batch=2))
+    dev = info.device
+
+    def train_epoch(epoch):
+        rng = np.random.default_rng(seed_for(tc.seed, "lc", epoch, info.rank))
+        sums, n = {}, 0
+        batches = order.epoch_batches(epoch, tc.lc_batch_size, tc.lc_steps_per_epoch, min_batch=2)
+        for i, b in enumerate(tqdm(batches, desc=f"light-curve encoder epoch {epoch + 1}", leave=False,
+                                   disable=not info.is_main, mininterval=2.0)):
+            _set_lr(opt, lr_at(epoch * steps + i, steps * tc.lc_epochs, tc.lc_lr, tc.warmup_fraction))
+            with autocast(dev, tc.amp):
+                out = model(*_views(ctx, cache, train_stars[b], rng, prot, dev))
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+            opt.step()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n += 1
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def validate(epoch):
+        if len(val_stars) < 2:
+            return {}
+        rng = np.random.default_rng(seed_for(tc.seed, "lc-val"))   # the same views every epoch
+        sums, n = {}, 0
+        for i in range(0, len(val_stars), tc.lc_batch_size):
+            b = val_stars[i:i + tc.lc_batch_size]
+            if len(b) < 2:
+                continue
+            out = net(*_views(ctx, cache, b, rng, prot, dev))   # the bare module: no DDP sync in validation
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(b)
+            n += len(b)
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    fit_epochs("light_curve_encoder", model, opt, tc.lc_epochs, train_epoch, validate,
+               ctx.checkpoints / "light_curve_encoder.partial.pt", None, info, ctx.log)
+    return net
+
+
+def _views(ctx, cache, stars, rng, prot, dev):
+    v1 = light_curve_inputs(ctx, cache, stars, rng).to(dev)
+    v2 = light_curve_inputs(ctx, cache, stars, rng).to(dev)
+    return v1, v2, torch.as_tensor(prot[stars], dtype=torch.float32, device=dev)
+
+
+# -------------------------------------------------------------------------------------- stage 2: spectra
+def spectra_targets(cat, stars) -> np.ndarray:
+    return np.stack([_column(cat, "teff")[stars] / TEFF_SCALE_K, _column(cat, "logg")[stars],
+                     _column(cat, "feh")[stars]], axis=1)
+
+
+def stage_spectra_encoder(ctx: RunContext) -> torch.nn.Module:
+    cfg, tc, info = ctx.cfg, ctx.cfg.train, ctx.info
+    cache = ensure_cache(ctx)
+    cat = ctx.store.catalog
+    spec_rows = cat["spec_row"].to_numpy(np.int64)
+    train_stars = _encoder_rows(ctx, cache, "spec", "train")
+    val_stars = _encoder_rows(ctx, cache, "spec", "val")[: tc.val_max_stars]
+    if len(train_stars) < 2:
+        raise ValueError(f"{ctx.store.path}: fewer than 2 training stars with a spectrum")
+    targets = spectra_targets(cat, np.arange(len(cat)))
+    torch.manual_seed(tc.seed + 1)
+    net = SpectraPretrainer(cfg.spectra, tc.quantiles, tc.ssl_weight, tc.regression_weight, tc.mask_fraction,
+                            tc.snr_cap).to(info.device)
+    model = ddp.wrap(net, info)
+    opt = _make_optimizer(model, tc.spec_lr, tc.weight_decay)
+    order = ddp.ShardedOrder(len(train_stars), info, seed=seed_for(tc.seed, "spec-order"))
+    steps = len(order.epoch_batches(0, tc.spec_batch_size, tc.spec_steps_per_epoch, min_batch=2))
+    dev = info.device
+
+    def batch(stars):
+        r = spec_rows[stars]
+        o = np.argsort(r)
+        x = np.empty((len(r), 1, cache.spectra.shape[-1]), np.float32)
+        x[o] = cache.spectra[r[o]]
+        return (torch.from_numpy(x).to(dev), torch.as_tensor(targets[stars], dtype=torch.float32, device=dev),
+                torch.as_tensor(cache.snr[r], dtype=torch.float32, device=dev))
+
+    def train_epoch(epoch):
+        gen = torch.Generator().manual_seed(seed_for(tc.seed, "spec", epoch, info.rank))
+        sums, n = {}, 0
+        batches = order.epoch_batches(epoch, tc.spec_batch_size, tc.spec_steps_per_epoch, min_batch=2)
+        for i, b in enumerate(tqdm(batches, desc=f"spectra encoder epoch {epoch + 1}", leave=False,
+                                   disable=not info.is_main, mininterval=2.0)):
+            _set_lr(opt, lr_at(epoch * steps + i, steps * tc.spec_epochs, tc.spec_lr, tc.warmup_fraction))
+            with autocast(dev, tc.amp):
+                out = model(*batch(train_stars[b]), generator=gen)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+            opt.step()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n += 1
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def validate(epoch):
+        if len(val_stars) < 2:
+            return {}
+        gen = torch.Generator().manual_seed(seed_for(tc.seed, "spec-val"))
+        sums, n = {}, 0
+        for i in range(0, len(val_stars), tc.spec_batch_size):
+            b = val_stars[i:i + tc.spec_batch_size]
+            if len(b) < 2:
+                continue
+            out = net(*batch(b), generator=gen)   # the bare module: no DDP sync outside training steps
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(b)
+            n += len(b)
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    fit_epochs("spectra_encoder", model, opt, tc.spec_epochs, train_epoch, validate,
+               ctx.checkpoints / "spectra_encoder.partial.pt", None, info, ctx.log)
+    return net
+
+
+# ------------------------------------------------------------------------------------- stage 3: features
+@torch.no_grad()
+def encode_batches(encoder, inputs: torch.Tensor, device, batch_size: int) -> np.ndarray:
+    """Run a frozen encoder over inputs in batches -> (N, out_dim) float32."""
+    out = [encoder(inputs[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(inputs), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, encoder.out_dim), np.float32)
+
+
+def stage_features(ctx: RunContext, lc_encoder, spec_encoder) -> Path:
+    """Frozen features of every star (centre crops); zeros where a modality is missing or unusable."""
+    tc, info = ctx.cfg.train, ctx.info
+    cache = ensure_cache(ctx)
+    out_path = ctx.run_dir / "features.npz"
+    if info.is_main:
+        cat = ctx.store.catalog
+        n = len(cat)
+        dev = info.device
+        lc_encoder.eval().to(dev)
+        spec_encoder.eval().to(dev)
+        lc_rows, spec_rows = cat["lc_row"].to_numpy(np.int64), cat["spec_row"].to_numpy(np.int64)
+        has_lc = lc_rows >= 0
+        has_lc[has_lc] = cache.lc_ok[lc_rows[has_lc]]
+        has_spec = spec_rows >= 0
+        has_spec[has_spec] = cache.spec_ok[spec_rows[has_spec]]
+        z_lc = np.zeros((n, lc_encoder.out_dim), np.float32)
+        z_spec = np.zeros((n, spec_encoder.out_dim), np.float32)
+        bs = tc.feature_batch_size
+        idx = np.flatnonzero(has_lc)
+        for i in tqdm(range(0, len(idx), bs), desc="light-curve features", mininterval=2.0,
+                      disable=len(idx) < 10 * bs):
+            b = idx[i:i + bs]
+            x = light_curve_inputs(ctx, cache, b, None)
+            z_lc[b] = encode_batches(lc_encoder, x, dev, bs)
+        idx = np.flatnonzero(has_spec)
+        for i in tqdm(range(0, len(idx), bs), desc="spectra features", mininterval=2.0,
+                      disable=len(idx) < 10 * bs):
+            b = idx[i:i + bs]
+            r = spec_rows[b]
+            o = np.argsort(r)
+            x = np.empty((len(r), 1, cache.spectra.shape[-1]), np.float32)
+            x[o] = cache.spectra[r[o]]
+            z_spec[b] = encode_batches(spec_encoder, torch.from_numpy(x), dev, bs)
+        buf = io.BytesIO()
+        np.savez(buf, star_id=cat["star_id"].astype(str).to_numpy().astype(str), z_lc=z_lc, z_spec=z_spec,
+                 has_lc=has_lc, has_spec=has_spec, split=cat["split"].astype(str).to_numpy().astype(str))
+        atomic_write_bytes(out_path, buf.getvalue())
+        log.info("features of %d stars written to %s (%d with a light curve, %d with a spectrum)", n, out_path,
+                 has_lc.sum(), has_spec.sum())
+    ddp.barrier()
+    return out_path
+
+
+# ----------------------------------------------------------------------------------- stage 4: DualFormer
+def stage_dualformer(ctx: RunContext):
+    from desa_core.train.alignment import _train_dualformer, load_features
+    feats = load_features(ctx.run_dir)
+    labels = conditioning_labels(ctx.store.catalog) if ctx.cfg.dualformer.label_conditioned else None
+    if labels is not None:
+        log.warning("training the LABEL-CONDITIONED ablation: catalogue labels enter the embedding")
+    return _train_dualformer(feats, ctx.cfg.dualformer, ctx.cfg.train, seed=ctx.cfg.train.seed,
+                             device=ctx.info.device, labels=labels, csv_log=ctx.log,
+                             ckpt_path=ctx.checkpoints / "dualformer.partial.pt", info=ctx.info)
