@@ -1,0 +1,103 @@
+"""Export: the current selection, a population or the neighbour list as CSV, Parquet or VOTable.
+
+The same tables are available from Python (``Explorer.selected_stars()``, ``app.main.current_selection()``);
+VOTables are written with astropy, so TOPCAT and Aladin open them directly.
+"""
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from app.state import CURRENT_SELECTION, Session, UserInputError
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"CSV": "csv", "Parquet": "parquet", "VOTable": "vot"}
+SOURCE_SELECTION, SOURCE_NEIGHBOURS = CURRENT_SELECTION, "neighbour list"
+
+
+def table_bytes(df: pd.DataFrame, fmt: str) -> bytes:
+    """Serialise a table as CSV, Parquet or VOTable (``fmt``: 'csv', 'parquet', 'vot')."""
+    if fmt == "csv":
+        return df.to_csv(index=False).encode()
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        return buf.getvalue()
+    if fmt == "vot":
+        from astropy.io.votable import from_table
+        from astropy.table import Table
+        clean = df.copy()
+        for c in clean.columns:  # VOTable has no pandas string/category dtypes: plain str / numbers
+            if not (pd.api.types.is_numeric_dtype(clean[c]) or pd.api.types.is_bool_dtype(clean[c])):
+                clean[c] = clean[c].astype(str).to_numpy(dtype=object).astype(str)
+        vot = from_table(Table.from_pandas(clean))
+        buf = io.BytesIO()
+        vot.to_xml(buf)
+        return buf.getvalue()
+    raise UserInputError(f"unknown export format {fmt!r}; choose csv, parquet or vot")
+
+
+class Export(pn.viewable.Viewer):
+    source = param.Selector(default=SOURCE_SELECTION, objects=[SOURCE_SELECTION, SOURCE_NEIGHBOURS])
+    fmt = param.Selector(default="CSV", objects=list(FORMATS))
+    all_columns = param.Boolean(default=True, doc="every catalogue column (else the key columns)")
+
+    def __init__(self, session: Session, **params):
+        super().__init__(**params)
+        self.session = session
+        self.data = session.data
+        session.param.watch(self._update_sources, "populations_version")
+        self._update_sources()
+        self._download = pn.widgets.FileDownload(callback=self._callback, filename=self._filename(),
+                                                 color="primary", label="Download", embed=False)
+        self.param.watch(lambda *e: setattr(self._download, "filename", self._filename()), ["source", "fmt"])
+
+    def _update_sources(self, *_):
+        self.param.source.objects = [SOURCE_SELECTION, SOURCE_NEIGHBOURS] + sorted(self.session.populations)
+
+    def _filename(self) -> str:
+        stem = "".join(ch if ch.isalnum() else "_" for ch in self.source).strip("_") or "stars"
+        return f"desa_{stem}.{FORMATS[self.fmt]}"
+
+    def table(self, source: str | None = None) -> pd.DataFrame:
+        """The rows to export: the selection, the neighbours (with similarity) or a population."""
+        source = source or self.source
+        cols = None if self.all_columns else self.data.key_columns()
+        if source == SOURCE_NEIGHBOURS:
+            nb = self.session.neighbours
+            if nb is None or len(nb) == 0:
+                raise UserInputError("no neighbour list yet: run a similarity search first")
+            full = self.data.table(nb["row"].to_numpy(), cols)
+            return pd.concat([nb[["rank", "similarity"]].reset_index(drop=True), full], axis=1)
+        mask = self.session.population_mask(source)
+        return self.data.table(np.flatnonzero(mask), cols)
+
+    def to_bytes(self, source: str | None = None, fmt: str | None = None) -> bytes:
+        return table_bytes(self.table(source), FORMATS.get(fmt or self.fmt, fmt or self.fmt))
+
+    def _callback(self):
+        try:
+            data = self.to_bytes()
+        except UserInputError as e:
+            self.session.notify(str(e), "warning")
+            data = b""
+        except Exception as e:
+            log.exception("export failed")
+            self.session.notify(f"export failed: {type(e).__name__}: {e}", "danger")
+            data = b""
+        return io.BytesIO(data)
+
+    def __panel__(self):
+        return pn.Column(
+            pn.Row(pn.widgets.Select.from_param(self.param.source, label="Export", width=220),
+                   pn.widgets.RadioButtonGroup.from_param(self.param.fmt),
+                   pn.widgets.Checkbox.from_param(self.param.all_columns, label="all columns")),
+            self._download,
+            pn.pane.Markdown("From Python: `from app.main import current_selection; df = current_selection()` "
+                             "(inside the server process), or `Explorer(path).selected_stars()` in a notebook."))

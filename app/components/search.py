@@ -1,0 +1,335 @@
+"""Similarity search: the k stars nearest a target in the DESA (joint), light-curve or spectrum embedding.
+
+A target is a catalogue star (by id, by sky position, or by clicking it on a map) or an uploaded Kepler
+light-curve FITS and/or LAMOST spectrum FITS, embedded live by the trained model. The search runs on the
+server over the artifact set's FAISS index (cosine similarity), optionally restricted to the current selection
+or to a named population; the neighbours are highlighted on every map, listed with their similarity and key
+columns, and their light curves and spectra are previewed next to the target's.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import time
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from app.state import CURRENT_SELECTION, EMBEDDING_LABELS, Session, UserInputError
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+RESTRICT_ALL, RESTRICT_SELECTION = "all stars", CURRENT_SELECTION
+PREVIEW_NEIGHBOURS = 3
+
+
+def parse_sky_position(text: str):
+    """Parse any position astropy's SkyCoord understands ("291.0 42.5", "19h24m +42d30m", "19:24:00 +42:30:00",
+    "291.0d 42.5d"); plain numbers are degrees, sexagesimal with colons is hours + degrees."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+    text = (text or "").strip()
+    if not text:
+        raise UserInputError("enter a sky position, e.g. '291.04 42.51' or '19h24m09.6s +42d30m36s'")
+    attempts = []
+    if re.fullmatch(r"[+-]?\d+(\.\d*)?[\s,]+[+-]?\d+(\.\d*)?", text):
+        attempts.append(dict(unit=(u.deg, u.deg)))
+    elif ":" in text or re.search(r"\d\s+\d+\s+\d", text):
+        attempts.append(dict(unit=(u.hourangle, u.deg)))
+    attempts.append({})
+    for kw in attempts:
+        try:
+            return SkyCoord(text.replace(",", " "), frame="icrs", **kw)
+        except Exception:
+            continue
+    raise UserInputError(f"cannot parse sky position {text!r}: use e.g. '291.04 42.51' (degrees) or "
+                         f"'19:24:09.6 +42:30:36' (hours, degrees)")
+
+
+def _bin_series(x: np.ndarray, y: np.ndarray, n_bins: int = 1500):
+    """Mean binning for display: a 70k-cadence light curve becomes ~1500 points."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) <= n_bins:
+        return x, y
+    edges = np.linspace(x.min(), x.max(), n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, n_bins - 1)
+    cnt = np.bincount(idx, minlength=n_bins)
+    sx = np.bincount(idx, weights=x, minlength=n_bins)
+    sy = np.bincount(idx, weights=y, minlength=n_bins)
+    keep = cnt > 0
+    return sx[keep] / cnt[keep], sy[keep] / cnt[keep]
+
+
+def save_upload(data: bytes, filename: str, limit: int = MAX_UPLOAD_BYTES) -> str:
+    """Write uploaded bytes to a private temporary file (the readers take paths); checks the size limit."""
+    if data is None or len(data) == 0:
+        raise UserInputError(f"{filename or 'upload'}: the file is empty")
+    if len(data) > limit:
+        raise UserInputError(f"{filename or 'upload'}: {len(data) / 1e6:.1f} MB is over the "
+                             f"{limit / 1e6:.0f} MB upload limit")
+    suffix = ".fits.gz" if str(filename).lower().endswith(".gz") else ".fits"
+    fd, path = tempfile.mkstemp(prefix="desa-upload-", suffix=suffix)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
+def read_uploaded_light_curve(data: bytes, filename: str):
+    """(time [d], relative flux) from an uploaded Kepler light-curve FITS (one quarter)."""
+    from desa_core.data.readers import FitsReadError, read_kepler_light_curve
+    path = save_upload(data, filename)
+    try:
+        lc = read_kepler_light_curve(path)
+    except FitsReadError as e:
+        raise UserInputError(f"{filename}: {e.reason}") from None
+    finally:
+        os.unlink(path)
+    if len(lc.time) < 10:
+        raise UserInputError(f"{filename}: only {len(lc.time)} good cadences")
+    flux = np.asarray(lc.flux, dtype=np.float64)
+    return np.asarray(lc.time, dtype=np.float64), flux / np.nanmedian(flux)
+
+
+def read_uploaded_spectrum(data: bytes, filename: str):
+    """(wavelength, flux, ivar, rv_kms) from an uploaded LAMOST spectrum FITS."""
+    from desa_core.data.readers import FitsReadError, read_lamost_spectrum
+    path = save_upload(data, filename)
+    try:
+        sp = read_lamost_spectrum(path)
+    except FitsReadError as e:
+        raise UserInputError(f"{filename}: {e.reason}") from None
+    finally:
+        os.unlink(path)
+    rv = sp.rv_kms
+    return sp.wavelength, sp.flux, sp.ivar, (rv if np.isfinite(rv) else 0.0)
+
+
+class Search(pn.viewable.Viewer):
+    """Similarity search panel of one session."""
+
+    k = param.Integer(default=10, bounds=(1, 500), doc="number of neighbours")
+    index_name = param.Selector(default="desa", objects=["desa"], doc="which embedding to search")
+    restrict = param.Selector(default=RESTRICT_ALL, objects=[RESTRICT_ALL, RESTRICT_SELECTION])
+    star_id = param.String(default="")
+    sky_position = param.String(default="")
+    radius_arcsec = param.Number(default=5.0, bounds=(0.01, 3600.0))
+
+    def __init__(self, session: Session, **params):
+        super().__init__(**params)
+        self.session = session
+        self.data = session.data
+        names = self.data.embedding_names or ["desa"]
+        self.param.index_name.objects = names
+        self.index_name = names[0]
+        self.last_search_s = float("nan")
+        session.param.watch(self._update_restrict, "populations_version")
+        self._table = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, height=300, width=1100,
+                                           show_index=False, pagination=None, visible=False)
+        self._lc_file = pn.widgets.FileInput(accept=".fits,.fit,.fits.gz", label="Kepler light curve FITS")
+        self._spec_file = pn.widgets.FileInput(accept=".fits,.fit,.fits.gz", label="LAMOST spectrum FITS")
+        self._previews = pn.pane.HoloViews(self._preview_plot(), linked_axes=False)
+        session.param.watch(self._refresh_outputs, "neighbours_version")
+
+    def _update_restrict(self, *_):
+        self.param.restrict.objects = [RESTRICT_ALL, RESTRICT_SELECTION] + sorted(self.session.populations)
+
+    # --- the searches -------------------------------------------------------------------------------
+    def _subset(self):
+        if self.restrict == RESTRICT_ALL:
+            return None
+        mask = self.session.population_mask(self.restrict)
+        rows = np.flatnonzero(mask)
+        if len(rows) == 0:
+            raise UserInputError(f"'{self.restrict}' is empty: nothing to search in")
+        return rows
+
+    def _run(self, query: np.ndarray, target_row: int, label: str) -> pd.DataFrame:
+        t0 = time.perf_counter()
+        subset = self._subset()
+        k = int(self.k)
+        extra = 1 if target_row >= 0 else 0  # the target finds itself first: ask for one more
+        sims, rows = self.data.search(self.index_name, np.asarray(query, np.float32)[None, :], k + extra,
+                                      subset_ids=subset)
+        sims, rows = sims[0], rows[0]
+        keep = (rows >= 0) & (rows != target_row)
+        sims, rows = sims[keep][:k], rows[keep][:k]
+        table = self.data.table(rows, self.data.key_columns())
+        table.insert(0, "similarity", np.round(sims.astype(np.float64), 4))
+        table.insert(0, "rank", np.arange(1, len(rows) + 1))
+        table["row"] = rows
+        self.last_search_s = time.perf_counter() - t0
+        self.session.set_neighbours(target_row, label, table)
+        where = "" if subset is None else f" within '{self.restrict}'"
+        self.session.notify(f"{len(table)} nearest neighbours of {label} in the "
+                            f"{EMBEDDING_LABELS.get(self.index_name, self.index_name)} embedding{where} "
+                            f"({1000 * self.last_search_s:.0f} ms)", "success")
+        return table
+
+    def query_vector(self, row: int) -> np.ndarray:
+        vec = np.asarray(self.data.embedding(self.index_name)[row], dtype=np.float32)
+        if not np.isfinite(vec).all():
+            what = {"light_curve": "a light curve", "spectrum": "a spectrum"}.get(self.index_name, "this embedding")
+            raise UserInputError(f"star {self.data.star_ids[row]} has no {what}: search the joint (DESA) index")
+        return vec
+
+    def search_row(self, row: int) -> pd.DataFrame:
+        self.session.target_vector = None
+        return self._run(self.query_vector(row), int(row), self.data.star_ids[row])
+
+    def search_star(self, star_id: str | None = None) -> pd.DataFrame:
+        """Neighbours of a catalogue star given by its id."""
+        star_id = self.star_id if star_id is None else star_id
+        return self.search_row(self.data.row_of(star_id))
+
+    def nearest_to_position(self, text: str, radius_arcsec: float | None = None) -> tuple[int, float]:
+        """(row, separation in arcsec) of the catalogue star nearest a sky position, within the radius."""
+        c = parse_sky_position(text)
+        radius = float(self.radius_arcsec if radius_arcsec is None else radius_arcsec)
+        ra, dec = self.data.column("ra"), self.data.column("dec")
+        r_deg = radius / 3600.0
+        # A declination band first, so only a few stars get a full angular separation.
+        cand = np.flatnonzero(np.abs(dec - c.dec.deg) <= r_deg + 1e-4)
+        if len(cand):
+            from astropy.coordinates import SkyCoord
+            sep = c.separation(SkyCoord(ra[cand].astype(np.float64), dec[cand].astype(np.float64),
+                                        unit="deg")).arcsec
+            best = int(np.argmin(sep))
+            if sep[best] <= radius:
+                return int(cand[best]), float(sep[best])
+        raise UserInputError(f"no star within {radius:g} arcsec of {c.to_string('hmsdms', precision=1)}")
+
+    def search_position(self, text: str | None = None, radius_arcsec: float | None = None) -> pd.DataFrame:
+        row, sep = self.nearest_to_position(self.sky_position if text is None else text, radius_arcsec)
+        out = self.search_row(row)
+        self.session.notify(f"{self.data.star_ids[row]} is {sep:.2f} arcsec from the position; "
+                            f"{len(out)} neighbours found", "success")
+        return out
+
+    def search_upload(self, light_curve: tuple[bytes, str] | None = None,
+                      spectrum: tuple[bytes, str] | None = None, abs_g: float | None = None) -> pd.DataFrame:
+        """Embed an uploaded light curve and/or spectrum with the model and search its neighbours."""
+        if light_curve is None and spectrum is None:
+            raise UserInputError("choose a Kepler light-curve FITS and/or a LAMOST spectrum FITS to upload")
+        lc = read_uploaded_light_curve(*light_curve) if light_curve is not None else None
+        sp = read_uploaded_spectrum(*spectrum) if spectrum is not None else None
+        embedder = self.data.embedder()
+        vecs = embedder.embed_single(light_curve=lc, spectrum=None if sp is None else sp[:3],
+                                     rv_kms=0.0 if sp is None else float(sp[3]), abs_g=abs_g)
+        vec = vecs.get(self.index_name)
+        if vec is None or not np.isfinite(np.asarray(vec)).all():
+            raise UserInputError(f"the upload has no {EMBEDDING_LABELS.get(self.index_name)} embedding "
+                                 f"(a light-curve index needs a light curve, a spectrum index a spectrum)")
+        self.session.target_vector = {"light_curve": lc, "spectrum": sp}
+        label = f"upload ({', '.join(x[1] for x in (light_curve, spectrum) if x is not None)})"
+        return self._run(np.asarray(vec, np.float32), -1, label)
+
+    def restore_target(self, star_id: str):
+        """Re-run the search for a target named in the URL (a star id); uploads are not restorable."""
+        if star_id and not star_id.startswith("upload"):
+            self.search_star(star_id)
+
+    def clear(self):
+        self.session.target_vector = None
+        self.session.set_neighbours(-1, "", None)
+
+    # --- widgets ------------------------------------------------------------------------------------
+    def _guard(self, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except UserInputError as e:
+            self.session.notify(str(e), "warning")
+        except Exception as e:
+            log.exception("search failed")
+            self.session.notify(f"search failed: {type(e).__name__}: {e}", "danger")
+
+    def _upload_clicked(self, _):
+        lc = (self._lc_file.value, self._lc_file.filename) if self._lc_file.value else None
+        sp = (self._spec_file.value, self._spec_file.filename) if self._spec_file.value else None
+        self._guard(self.search_upload, lc, sp)
+
+    def _refresh_outputs(self, *_):
+        nb = self.session.neighbours
+        if nb is not None:
+            shown = nb.drop(columns=["row"])
+            floats = shown.select_dtypes("float").columns
+            shown[floats] = shown[floats].round(4)
+            self._table.value = shown
+        else:
+            self._table.value = pd.DataFrame()
+        self._table.visible = nb is not None
+        self._previews.object = self._preview_plot()
+
+    def _preview_plot(self):
+        """Light curves and spectra of the target and the first neighbours, offset for readability."""
+        nb = self.session.neighbours
+        curves_lc, curves_sp = [], []
+        entries = []
+        if self.session.target_row >= 0:
+            entries.append(("target " + self.data.star_ids[self.session.target_row], self.session.target_row))
+        elif self.session.target_vector:
+            tv = self.session.target_vector
+            if tv.get("light_curve") is not None:
+                t, f = _bin_series(*tv["light_curve"])
+                curves_lc.append(hv.Curve((t, f), "time [d]", "relative flux + offset", label="upload"))
+            if tv.get("spectrum") is not None:
+                w, f = tv["spectrum"][0], tv["spectrum"][1]
+                w, f = _bin_series(np.asarray(w), np.asarray(f) / np.nanmedian(f), 2000)
+                curves_sp.append(hv.Curve((w, f), "wavelength [A]", "normalised flux + offset", label="upload"))
+        if nb is not None:
+            for _, r in nb.head(PREVIEW_NEIGHBOURS).iterrows():
+                entries.append((f"#{r['rank']} {r['star_id']}", int(r["row"])))
+        offset = len(curves_lc)
+        for label, row in entries:
+            lc = self.data.light_curve(row)
+            if lc is not None:
+                t, f = _bin_series(np.asarray(lc[0], float), np.asarray(lc[1], float))
+                curves_lc.append(hv.Curve((t, f - np.nanmedian(f) + 1 + 0.02 * offset), "time [d]",
+                                          "relative flux + offset", label=label))
+                offset += 1
+        offset = len(curves_sp)
+        for label, row in entries:
+            sp = self.data.spectrum(row)
+            if sp is not None:
+                w, f, iv = sp
+                f = np.where(np.asarray(iv) > 0, f, np.nan)
+                w, f = _bin_series(np.asarray(w, float), np.asarray(f, float) / np.nanmedian(f), 2000)
+                curves_sp.append(hv.Curve((w, f + 0.8 * offset), "wavelength [A]", "normalised flux + offset",
+                                          label=label))
+                offset += 1
+        if self.data.survey() is None and not self.session.target_vector:
+            return hv.Div("<i>No light curves or spectra to preview: this artifact set has no survey store "
+                          "(synthetic benchmark sets have none).</i>").opts(width=700, height=40)
+        opts = dict(width=520, height=260, show_legend=True, legend_position="right")
+        lc_plot = hv.Overlay(curves_lc or [hv.Curve([], "time [d]", "relative flux")]).opts(
+            title="Light curves (target, nearest neighbours)", **opts)
+        sp_plot = hv.Overlay(curves_sp or [hv.Curve([], "wavelength [A]", "flux")]).opts(
+            title="Spectra (target, nearest neighbours)", **opts)
+        return lc_plot + sp_plot
+
+    def __panel__(self):
+        id_input = pn.widgets.TextInput.from_param(self.param.star_id, label="Star id", placeholder="e.g. KIC 10000001")
+        id_btn = pn.widgets.Button(label="Search by id", color="primary")
+        id_btn.on_click(lambda e: self._guard(self.search_star))
+        pos_input = pn.widgets.TextInput.from_param(self.param.sky_position, label="Sky position (ICRS)",
+                                                    placeholder="291.04 42.51  or  19:24:09.6 +42:30:36")
+        radius = pn.widgets.FloatInput.from_param(self.param.radius_arcsec, label="Match radius [arcsec]", width=140)
+        pos_btn = pn.widgets.Button(label="Search by position", color="primary")
+        pos_btn.on_click(lambda e: self._guard(self.search_position))
+        up_btn = pn.widgets.Button(label="Embed upload and search", color="primary")
+        up_btn.on_click(self._upload_clicked)
+        opts = pn.Row(pn.widgets.IntInput.from_param(self.param.k, label="k", width=90),
+                      pn.widgets.Select.from_param(self.param.index_name, label="Index", width=160),
+                      pn.widgets.Select.from_param(self.param.restrict, label="Search within", width=200))
+        help_ = pn.pane.Markdown("Click a star on any map to use it as the target.", margin=(0, 10))
+        return pn.Column(
+            opts,
+            pn.Row(id_input, id_btn, pos_input, radius, pos_btn),
+            pn.Row(self._lc_file, self._spec_file, up_btn),
+            help_, self._table, self._previews)

@@ -1,0 +1,237 @@
+"""The DESA Explorer dashboard: linked maps, populations, similarity search, few-shot probes, star detail and
+export over one artifact set.
+
+Run it::
+
+    desa serve --artifacts artifacts/default --port 5006            # one process, 4 threads
+    panel serve app/main.py --args --artifacts artifacts/default     # the same page through `panel serve`
+
+or in a notebook / Python::
+
+    from app.main import Explorer
+    ex = Explorer("artifacts/default")     # ex.servable() / display(ex)
+    ex.session.select_query("prot_days < 7")
+    ex.selected_stars()                     # -> pandas DataFrame
+
+Inside a running server, :func:`current_selection` returns the selection of the most recently active
+session (or of a given session id) as a DataFrame; :func:`sessions` lists the live sessions.
+
+The page URL carries the colour column, the selection (as the steps it was made from) and the search target,
+so a copied URL restores the view.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import holoviews as hv
+import panel as pn
+
+from app.components.export import Export
+from app.components.maps import Maps
+from app.components.populations import Populations
+from app.components.probes import Probes
+from app.components.search import Search
+from app.components.star_detail import StarDetail
+from app.state import AppData, Session, UserInputError, load_app_data
+
+log = logging.getLogger(__name__)
+
+_SESSIONS: "weakref.WeakValueDictionary[str, Explorer]" = weakref.WeakValueDictionary()
+_SESSIONS_LOCK = threading.Lock()
+_EXTENSION_LOADED = False
+
+
+def _ensure_extension():
+    global _EXTENSION_LOADED
+    if not _EXTENSION_LOADED:
+        hv.extension("bokeh", logo=False)
+        pn.extension("tabulator", notifications=False, sizing_mode="fixed")
+        _EXTENSION_LOADED = True
+
+
+class Explorer(pn.viewable.Viewer):
+    """One visitor's dashboard: a :class:`Session` and the components wired to it."""
+
+    def __init__(self, artifacts: str | Path | AppData, sync_url: bool = False, **params):
+        super().__init__(**params)
+        _ensure_extension()
+        self.data = artifacts if isinstance(artifacts, AppData) else load_app_data(artifacts)
+        self.session = Session(self.data)
+        self.maps = Maps(self.session)
+        self.populations = Populations(self.session)
+        self.search = Search(self.session)
+        self.probes = Probes(self.session)
+        self.star_detail = StarDetail(self.session)
+        self.export = Export(self.session)
+        self.maps.on_star_clicked = self._star_clicked
+        self.last_active = time.time()
+        self.session.param.watch(self._touch, ["selection_version", "neighbours_version", "color"])
+        self._alert = pn.pane.Alert("", alert_type="info", visible=False, margin=(5, 10))
+        self.session.param.watch(self._show_message, ["message", "message_level"])
+        self._layout = None
+        if sync_url:
+            self._sync_url()
+        key = pn.state.curdoc.session_context.id if (pn.state.curdoc and pn.state.curdoc.session_context) \
+            else f"local-{id(self)}"
+        self.session_id = key
+        with _SESSIONS_LOCK:
+            _SESSIONS[key] = self
+
+    # --- Python API ---------------------------------------------------------------------------------
+    def selected_stars(self, columns=None):
+        """The current selection as a DataFrame (all catalogue columns unless ``columns`` is given)."""
+        return self.session.selected_stars(columns)
+
+    def neighbours(self):
+        """The last similarity search's neighbours (rank, similarity, key columns), or None."""
+        return self.session.neighbours
+
+    # --- wiring -------------------------------------------------------------------------------------
+    def _touch(self, *_):
+        self.last_active = time.time()
+
+    def _star_clicked(self, row: int):
+        try:
+            self.search.search_row(row)
+        except UserInputError as e:
+            self.session.notify(str(e), "warning")
+
+    def _show_message(self, *_):
+        s = self.session
+        self._alert.object = s.message
+        self._alert.alert_type = s.message_level
+        self._alert.visible = bool(s.message)
+
+    def _sync_url(self):
+        """Mirror colour, selection and target in the URL; restore them from it when the page opens."""
+        loc = pn.state.location
+        if loc is None:
+            return
+        # The request's arguments are there when the page is built; Location.query_params only later.
+        query = {k: (v[0].decode() if isinstance(v[0], bytes) else str(v[0]))
+                 for k, v in (pn.state.session_args or {}).items() if v}
+        query = {**dict(loc.query_params or {}), **query}
+        try:
+            if query.get("color"):
+                self.session.color = str(query["color"])
+            if query.get("selection"):
+                self.session.restore_selection(str(query["selection"]))
+            if query.get("target"):
+                self.search.restore_target(str(query["target"]))
+        except UserInputError as e:
+            self.session.notify(f"could not restore the view from the URL: {e}", "warning")
+        loc.sync(self.session, {"color": "color", "selection_spec": "selection", "target": "target"})
+
+    def header(self):
+        d = self.data.describe()
+        notices = []
+        if self.data.is_synthetic_benchmark:
+            notices.append(pn.pane.Alert(
+                "<b>SYNTHETIC BENCHMARK DATA.</b> These stars and embeddings were generated to measure speed at "
+                "survey scale. They are not real stars and not a trained model's output: do not draw "
+                "scientific conclusions from this page.", alert_type="danger", margin=(5, 10)))
+        elif self.data.is_simulated:
+            notices.append(pn.pane.Alert(
+                "<b>Simulated survey.</b> The stars on this page come from the project's simulated Kepler x "
+                "LAMOST survey: credible physics, not real stars.", alert_type="warning", margin=(5, 10)))
+        model = (f"model run <code>{d['run']}</code> (config {d['model_config']}, fingerprint "
+                 f"{str(d['model_fingerprint'])[:12]})" if d["run"] else "no model run (uploads cannot be embedded)")
+        info = pn.pane.HTML(f"<small>Artifact set <code>{d['artifacts']}</code> ({d['kind']}, "
+                            f"{d['n_stars']:,} stars); {model}; embeddings: {', '.join(d['embeddings'])}</small>",
+                            margin=(0, 10))
+        return pn.Column(*notices, info)
+
+    def __panel__(self):
+        if self._layout is None:
+            tabs = pn.Tabs(("Similarity search", self.search), ("Populations", self.populations),
+                           ("Few-shot probes", self.probes), ("Star detail", self.star_detail),
+                           ("Export", self.export), dynamic=False)
+            # The star detail draws its figures only while its tab is open (a search stays fast).
+            self.star_detail.visible = False
+            tabs.param.watch(lambda e: self.star_detail.set_visible(e.new == 3), "active")
+            self._layout = pn.Column(pn.pane.Markdown("## DESA Explorer", margin=(0, 10)), self.header(),
+                                     self._alert, self.maps, tabs)
+        return self._layout
+
+
+def sessions() -> dict[str, Explorer]:
+    """Live sessions of this server process (id -> Explorer)."""
+    with _SESSIONS_LOCK:
+        return dict(_SESSIONS)
+
+
+def current_selection(session_id: str | None = None, columns=None):
+    """The selected stars (DataFrame) of one session: the given id, else the most recently active one."""
+    live = sessions()
+    if not live:
+        raise LookupError("no live dashboard session in this process")
+    ex = live[session_id] if session_id else max(live.values(), key=lambda e: e.last_active)
+    return ex.selected_stars(columns)
+
+
+def create_app(artifacts: str | Path) -> pn.viewable.Viewable:
+    """A page for one new session (used by :func:`serve` and ``panel serve``)."""
+    _ensure_extension()
+    return Explorer(artifacts, sync_url=True)
+
+
+def serve(artifacts, port: int = 5006, address: str = "127.0.0.1", num_threads: int = 4, show: bool = False,
+          admin: bool = False):
+    """Serve the dashboard over an artifact folder until interrupted: one process, ``num_threads`` worker
+    threads, data shared by all sessions. The artifact set is loaded (and the renderers warmed) before the
+    first visitor arrives; ``/liveness`` answers once the server is up; ``admin`` adds Panel's /admin page."""
+    _ensure_extension()
+    data = load_app_data(artifacts)
+    _warm(data)
+    local = address in ("127.0.0.1", "localhost", "::1")
+    url_host = address if address not in ("0.0.0.0", "", "::") else "localhost"
+    # Bound to a public interface, visitors arrive under names we cannot know: accept any origin there.
+    origins = [f"127.0.0.1:{port}", f"localhost:{port}"] if local else "*"
+    log.info("serving %s at http://%s:%d/", artifacts, url_host, port)
+    return pn.serve({"/": lambda: create_app(artifacts)}, port=port, address=address, show=show,
+                    num_threads=num_threads or None, title="DESA Explorer", liveness=True, admin=admin,
+                    websocket_origin=origins, websocket_max_message_size=64 * 1024 * 1024)
+
+
+def _warm(data: AppData):
+    """Compile the datashader kernels once so the first visitor does not wait for numba."""
+    t0 = time.perf_counter()
+    from app.components.maps import warm_kernels
+    warm_kernels()
+    for name in data.embedding_names:  # opens the indexes and learns which stars have each modality
+        data.has_embedding(name)
+    ex = Explorer(data)
+    for key in ("umap", "cmd", "hr"):
+        ex.maps.render(key)
+    for col in data.colour_columns[:1]:
+        ex.session.color = col
+        ex.maps.render("umap")
+    ex.session.select_query(f"{data.colour_columns[0]} == {data.colour_columns[0]}")
+    ex.maps.render("umap")
+    log.info("renderers warmed in %.1f s", time.perf_counter() - t0)
+
+
+def _parse_args(argv):
+    p = argparse.ArgumentParser(prog="panel serve app/main.py --args")
+    p.add_argument("--artifacts", required=True)
+    return p.parse_args(argv)
+
+
+if __name__.startswith("bokeh"):  # `panel serve app/main.py --args --artifacts DIR`
+    create_app(_parse_args(sys.argv[1:]).artifacts).servable(title="DESA Explorer")
+elif __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    a = argparse.ArgumentParser(prog="python -m app.main")
+    a.add_argument("--artifacts", required=True)
+    a.add_argument("--port", type=int, default=5006)
+    a.add_argument("--address", default="127.0.0.1")
+    a.add_argument("--num-threads", type=int, default=4)
+    a.add_argument("--show", action="store_true")
+    args = a.parse_args()
+    serve(args.artifacts, port=args.port, address=args.address, num_threads=args.num_threads, show=args.show)

@@ -1,0 +1,261 @@
+"""Dashboard performance on an artifact set (made by `desa precompute --synthetic N`), as JSON.
+
+    desa precompute --synthetic 1000000 --out artifacts/bench-1e6
+    python benchmarks/dashboard_bench.py --artifacts artifacts/bench-1e6 --out benchmarks/results/dashboard_1e6.json
+
+What is timed, all server side and in one process, exactly as a served session runs it (each session has its
+own Bokeh document, so HoloViews/Bokeh plot updates are included):
+
+- ``selection``: a box selection on one map -> mask over all stars -> all three maps re-rasterised and their
+  Bokeh models updated (``Session.select_box`` returns when the three DynamicMaps have re-rendered);
+- ``search``: the FAISS query plus the neighbour table (``search_s``), and the same plus highlighting the
+  neighbours on the three maps, the preview plots and the star detail (``search_and_render_s``);
+- ``probe``: a ridge probe on 100 labelled stars fitted on all three embeddings, the prediction for every
+  star, and the three maps recoloured by it;
+- ``concurrency``: ``--sessions`` sessions in threads, each making ``--events`` selections with a think time
+  of 0.5-1.5 s (a person dragging boxes), versus one session alone; p95 latency and errors;
+- wall times on a shared machine depend on its load (recorded as ``load_average``); ``cpu_*`` is the
+  process CPU time of the same step (all threads), which does not;
+- ``memory``: resident memory of the process after the shared data is loaded, after the first session, and
+  after a second session (both having rendered and selected).
+
+Browser-side time (websocket transfer, canvas paint) is not included; the browser tests check that path works.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _rss_mb() -> float:
+    import psutil
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _uss_mb() -> float:
+    """Private memory of this process: what a session really adds (RSS also counts shared file pages)."""
+    import psutil
+    return psutil.Process().memory_full_info().uss / 2**20
+
+
+def _stats(xs) -> dict:
+    a = np.asarray(xs, dtype=float)
+    return {"n": int(len(a)), "p50_s": round(float(np.percentile(a, 50)), 4),
+            "p95_s": round(float(np.percentile(a, 95)), 4), "mean_s": round(float(a.mean()), 4),
+            "max_s": round(float(a.max()), 4)}
+
+
+def _live_session(data):
+    """An Explorer whose maps are attached to a Bokeh document, like a browser tab's session."""
+    from bokeh.document import Document
+
+    from app.main import Explorer
+    ex = Explorer(data)
+    doc = Document()
+    ex.__panel__().get_root(doc)
+    return ex, doc
+
+
+def _random_box(data, key, rng):
+    (x0, x1), (y0, y1) = data.default_range(key)
+    w, h = (x1 - x0) * rng.uniform(0.1, 0.5), (y1 - y0) * rng.uniform(0.1, 0.5)
+    cx, cy = rng.uniform(x0 + w / 2, x1 - w / 2), rng.uniform(y0 + h / 2, y1 - h / 2)
+    return (cx - w / 2, cx + w / 2), (cy - h / 2, cy + h / 2)
+
+
+def bench_selection(ex, n_events, rng) -> dict:
+    times, cpu, per_map = [], [], {k: [] for k in ("umap", "cmd", "hr")}
+    counts = []
+    for i in range(n_events):
+        key = ("umap", "cmd", "hr")[i % 3]
+        xr, yr = _random_box(ex.data, key, rng)
+        t0, c0 = time.perf_counter(), time.process_time()
+        ex.session.select_box(key, xr, yr, mode="new")
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        counts.append(ex.session.selection_count)
+        for k in per_map:
+            per_map[k].append(ex.maps.last_render_s.get(k, np.nan))
+    return {**_stats(times), "cpu_p50_s": round(float(np.median(cpu)), 4), "median_selected": int(np.median(counts)),
+            "render_p50_s": {k: round(float(np.nanmedian(v)), 4) for k, v in per_map.items()}}
+
+
+def bench_search(ex, n_queries, rng) -> dict:
+    total, search_only, cpu = [], [], []
+    for _ in range(n_queries):
+        row = int(rng.integers(0, ex.data.n))
+        t0, c0 = time.perf_counter(), time.process_time()
+        ex.search.search_row(row)
+        total.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        search_only.append(ex.search.last_search_s)
+    restricted = []
+    ex.session.select_query("teff > 5000 and teff < 5600")
+    ex.search.restrict = "(current selection)"
+    for _ in range(max(3, n_queries // 3)):
+        row = int(rng.integers(0, ex.data.n))
+        ex.search.search_row(row)
+        restricted.append(ex.search.last_search_s)
+    ex.search.restrict = "all stars"
+    ex.session.clear_selection()
+    return {"search_s": _stats(search_only), "search_and_render_s": _stats(total),
+            "search_and_render_cpu_p50_s": round(float(np.median(cpu)), 4),
+            "restricted_to_selection_s": _stats(restricted),
+            "index": ex.data.manifest["indexes"]["desa"].get("type"), "k": int(ex.search.k)}
+
+
+def bench_probe(ex, n_fits) -> dict:
+    times, cpu, fit, pred, scores = [], [], [], [], []
+    for seed in range(n_fits):
+        ex.probes.seed = seed
+        t0, c0 = time.perf_counter(), time.process_time()
+        r = ex.probes.fit("teff", n_labels=100)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        fit.append(r.fit_s)
+        pred.append(r.predict_s)
+        scores.append(r.scores.get("desa"))
+    return {**_stats(times), "cpu_p50_s": round(float(np.median(cpu)), 4), "fit_p50_s": round(float(np.median(fit)), 4),
+            "predict_and_recolour_p50_s": round(float(np.median(pred)), 4),
+            "r2_desa_median": round(float(np.median(scores)), 3)}
+
+
+def bench_concurrency(data, n_sessions, n_events, seed, think=(0.5, 1.5)) -> dict:
+    sessions = [_live_session(data)[0] for _ in range(n_sessions)]
+    for ex in sessions:  # first render of every session outside the timed part
+        for k in ("umap", "cmd", "hr"):
+            ex.maps.render(k)
+    lat: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def run(ex, i):
+        rng = np.random.default_rng(seed + i)
+        time.sleep(rng.uniform(0, 1.0))
+        for j in range(n_events):
+            key = ("umap", "cmd", "hr")[j % 3]
+            xr, yr = _random_box(data, key, rng)
+            t0 = time.perf_counter()
+            try:
+                ex.session.select_box(key, xr, yr, mode="new")
+                assert ex.session.message_level != "danger", ex.session.message
+            except Exception as e:  # recorded, never raised: the point is to count them
+                with lock:
+                    errors.append(f"{type(e).__name__}: {e}")
+            with lock:
+                lat.append(time.perf_counter() - t0)
+            time.sleep(rng.uniform(*think))
+
+    threads = [threading.Thread(target=run, args=(ex, i)) for i, ex in enumerate(sessions)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"sessions": n_sessions, "events_per_session": n_events, "think_s": list(think), **_stats(lat),
+            "errors": len(errors),
+            "error_examples": errors[:3], "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--artifacts", required=True)
+    p.add_argument("--out", default=None, help="JSON output (default: print only)")
+    p.add_argument("--events", type=int, default=15, help="selection events timed in one session")
+    p.add_argument("--queries", type=int, default=20)
+    p.add_argument("--probes", type=int, default=3)
+    p.add_argument("--sessions", type=int, default=10)
+    p.add_argument("--session-events", type=int, default=6)
+    p.add_argument("--think", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"),
+                   help="seconds between one session's selections (uniform)")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: search,probe,concurrency")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    skip = set(filter(None, a.skip.split(",")))
+    rng = np.random.default_rng(a.seed)
+
+    import holoviews as hv
+    import panel as pn
+    hv.extension("bokeh", logo=False)
+    pn.extension("tabulator")
+    from app.main import _warm
+    from app.state import load_app_data
+
+    out: dict = {"artifacts": str(Path(a.artifacts).resolve()), "machine": {
+        "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}}
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    data = load_app_data(a.artifacts)
+    out["n_stars"] = data.n
+    out["load_s"] = round(time.perf_counter() - t0, 2)
+    _warm(data)
+    gc.collect()
+    rss_data = _rss_mb()
+
+    uss_data = _uss_mb()
+    ex, _doc = _live_session(data)
+    ex.session.select_box("umap", *_random_box(data, "umap", rng))
+    gc.collect()
+    rss_one, uss_one = _rss_mb(), _uss_mb()
+    ex2, _doc2 = _live_session(data)
+    ex2.session.select_box("cmd", *_random_box(data, "cmd", rng))
+    for k in ("umap", "cmd", "hr"):
+        ex2.maps.render(k)
+    gc.collect()
+    rss_two, uss_two = _rss_mb(), _uss_mb()
+    out["memory_mb"] = {"before_load_rss": round(rss0, 1), "data_loaded_rss": round(rss_data, 1),
+                        "first_session_rss": round(rss_one, 1), "second_session_rss": round(rss_two, 1),
+                        "second_session_adds_rss": round(rss_two - rss_one, 1),
+                        "data_loaded_uss": round(uss_data, 1), "first_session_uss": round(uss_one, 1),
+                        "second_session_uss": round(uss_two, 1),
+                        "second_session_adds_uss": round(uss_two - uss_one, 1)}
+    print(f"{data.n:,} stars loaded in {out['load_s']} s", flush=True)
+    print("memory", out["memory_mb"], flush=True)
+
+    out["selection"] = bench_selection(ex, a.events, rng)
+    print("selection", out["selection"], flush=True)
+    if "search" not in skip:
+        out["search"] = bench_search(ex, a.queries, rng)
+        print("search", out["search"], flush=True)
+    if "probe" not in skip:
+        out["probe"] = bench_probe(ex, a.probes)
+        print("probe", out["probe"], flush=True)
+        ex.session.color = "density"
+
+    del ex2, _doc2
+    if "concurrency" not in skip:
+        single = bench_concurrency(data, 1, a.session_events * 2, a.seed + 100, tuple(a.think))
+        many = bench_concurrency(data, a.sessions, a.session_events, a.seed + 200, tuple(a.think))
+        out["concurrency"] = {"single_session": single, "concurrent": many,
+                              "p95_ratio": round(many["p95_s"] / single["p95_s"], 2)}
+        print("concurrency", out["concurrency"], flush=True)
+
+    out["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    text = json.dumps(out, indent=2)
+    if a.out:
+        path = Path(a.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""2-D maps of the embedding: UMAP (n_neighbors 15, min_dist 0.1), computed offline and stored per star.
+
+umap-learn runs out of memory around 1-3 M points on a CPU, so at most ``fit_max`` (200k) stars are used to
+fit the layout (after PCA to ``pca_dims`` when the embedding is wider) and the others are placed with
+``UMAP.transform`` chunk by chunk. The CMD (bp_rp, abs_g) and HR (teff, log_lum) coordinates are catalogue
+columns and need no computation; they are written next to the UMAP coordinates in stars.parquet.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UmapConfig:
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    metric: str = "cosine"   # the embedding is compared by cosine everywhere else (FAISS) too
+    fit_max: int = 200_000   # stars used to fit the layout; the rest are transformed
+    pca_dims: int = 50       # PCA before UMAP when the embedding is wider than this
+    chunk: int = 50_000      # rows per transform / PCA chunk
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def umap_layout(embedding: np.ndarray, config: UmapConfig | None = None, seed: int = 0,
+                progress: bool = True) -> tuple[np.ndarray, dict]:
+    """(N, 2) float32 UMAP coordinates of ``embedding`` (N, D) (may be memory-mapped) and timing info."""
+    import umap  # imported here: numba compilation costs seconds and only this stage needs it
+    from sklearn.decomposition import PCA
+
+    cfg = config or UmapConfig()
+    n, dim = embedding.shape
+    if n < 3:
+        raise ValueError(f"UMAP needs at least 3 stars, got {n}")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    fit_rows = np.arange(n) if n <= cfg.fit_max else np.sort(rng.choice(n, size=cfg.fit_max, replace=False))
+    fit_x = np.asarray(embedding[fit_rows], dtype=np.float32)
+    if not np.isfinite(fit_x).all():
+        raise ValueError("the embedding has non-finite rows; the DESA embedding must be defined for every star")
+    # Centre (the fit sample's mean) for the same reason as the indexes: a large common offset would make
+    # every cosine distance ~0. PCA below centres again; harmless.
+    center = fit_x.mean(axis=0)
+    fit_x = fit_x - center
+    pca = None
+    if dim > cfg.pca_dims and len(fit_rows) > cfg.pca_dims:
+        pca = PCA(n_components=cfg.pca_dims, random_state=seed).fit(fit_x)
+        fit_x = pca.transform(fit_x).astype(np.float32)
+    reducer = umap.UMAP(n_neighbors=min(cfg.n_neighbors, len(fit_rows) - 1), min_dist=cfg.min_dist,
+                        metric=cfg.metric, random_state=seed, n_components=2, low_memory=True,
+                        verbose=False)
+    log.info("UMAP: fitting on %d of %d stars (%d dims)", len(fit_rows), n, fit_x.shape[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "n_jobs overridden by random_state": determinism is the point
+        coords_fit = reducer.fit_transform(fit_x).astype(np.float32)
+    t_fit = time.perf_counter() - t0
+    out = np.empty((n, 2), dtype=np.float32)
+    out[fit_rows] = coords_fit
+    rest = np.setdiff1d(np.arange(n), fit_rows, assume_unique=True)
+    if len(rest):
+        chunks = [rest[i:i + cfg.chunk] for i in range(0, len(rest), cfg.chunk)]
+        if progress:
+            from tqdm.auto import tqdm
+            chunks = tqdm(chunks, desc="UMAP transform", unit="chunk")
+        for rows in chunks:
+            x = np.asarray(embedding[rows], dtype=np.float32) - center
+            if pca is not None:
+                x = pca.transform(x).astype(np.float32)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out[rows] = reducer.transform(x)
+    info = {"n_fit": int(len(fit_rows)), "n_transformed": int(len(rest)), "pca_dims": None if pca is None
+            else cfg.pca_dims, "fit_s": round(t_fit, 2), "total_s": round(time.perf_counter() - t0, 2)}
+    log.info("UMAP done: %s", info)
+    return out, info

@@ -1,0 +1,301 @@
+"""`desa precompute`: embed every star, build FAISS indexes and maps, write the artifact set.
+
+    desa precompute --survey data/survey --run runs/small --out artifacts/default [--workers 2]
+    desa precompute --synthetic 1000000 --out artifacts/bench-1e6          # benchmark set, no model
+
+Stages (each skipped when its output is complete and valid for the current inputs; see stages.py):
+
+    embed | synthetic    ART/emb_{desa,light_curve,spectrum}.npy   (+ ART/_work/catalog.parquet, synthetic)
+    index_<name>         ART/index_<name>.faiss, one per embedding
+    maps                 ART/_work/umap.npy
+    stars                ART/stars.parquet
+    manifest             ART/manifest.json, written last (a folder without it is unfinished)
+
+Killing the process at any moment leaves finished stages intact and at most a temporary file, which the next
+run removes; running the same command again continues where it stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from desa_core.artifacts import (EMBEDDING_NAMES, KIND_SURVEY, KIND_SYNTHETIC, MANIFEST, embedding_file,
+                                 write_manifest)
+from desa_core.data.store import SurveyStoreError, sha256_file
+from precompute import stages as S
+from precompute.maps import UmapConfig, umap_layout
+
+log = logging.getLogger(__name__)
+
+
+LOCK = ".precompute.lock"
+
+
+class PrecomputeError(ValueError):
+    """Bad arguments or inputs for precompute; the message names the file or option."""
+
+
+def run_precompute(survey=None, run=None, out="artifacts/default", synthetic: int | None = None,
+                   workers: int = 0, scheduler: str | None = None, seed: int = 0, *,
+                   embedder=None, index_kind: str = "auto", index_options: dict | None = None,
+                   umap: UmapConfig | None = None, dims: dict | None = None, batch_size: int = 256,
+                   chunk_rows: int | None = None, progress: bool = True, verify: bool = False) -> Path:
+    """Build (or finish, or bring up to date) the artifact set at ``out``; returns its path.
+
+    Either ``survey`` + ``run`` (a survey store and a trained run folder) or ``synthetic=N`` (a labelled
+    benchmark set of N stars, no model). ``workers``/``scheduler`` run the embedding stage on Dask.
+    ``embedder`` (an object with ``embed_store``, ``dims``, ``fingerprint``, ``config_name``) replaces
+    ``Embedder.from_run(run)`` for library callers. ``verify`` re-checks stage outputs by checksum.
+    """
+    out = Path(out).resolve()
+    if synthetic is not None:
+        if survey is not None or embedder is not None:
+            raise PrecomputeError("--synthetic builds a benchmark set without a survey or model; drop --survey/--run")
+        if int(synthetic) < 3:
+            raise PrecomputeError(f"--synthetic needs at least 3 stars, got {synthetic}")
+    elif survey is None or (run is None and embedder is None):
+        raise PrecomputeError("precompute needs --survey and --run (or --synthetic N for a benchmark set)")
+    if workers < 0:
+        raise PrecomputeError(f"--workers must be >= 0, got {workers}")
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        return _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_kind, index_options,
+                    umap, dims, batch_size, chunk_rows, progress, verify)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """One precompute per artifact folder at a time (the OS drops the lock when a process dies)."""
+    import fcntl
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PrecomputeError(f"{out}: another precompute is writing this artifact folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_kind, index_options, umap, dims,
+         batch_size, chunk_rows, progress, verify) -> Path:
+    S.clean_temporaries(out)
+    book = S.StageBook(out, verify=verify)
+    umap_cfg = umap or UmapConfig()
+    t_start = time.perf_counter()
+
+    # ------------------------------------------------------------------ stage 1: embeddings
+    if synthetic is not None:
+        n = int(synthetic)
+        from precompute.synthetic import TEMPLATE_MAX, model_dims
+        dims = {k: int(v) for k, v in (dims or model_dims("small")).items()}
+        template_n = min(n, TEMPLATE_MAX)
+        chunk = int(chunk_rows or 250_000)
+        emb_stage = "synthetic"
+        emb_fp = S.fingerprint({"stage": emb_stage, "v": S.STAGE_VERSIONS["synthetic"], "n": n, "seed": seed,
+                                "dims": dims, "chunk_rows": chunk, "template": template_n})
+        catalog_fp = emb_fp
+        kind, simulated, survey_info, run_info = KIND_SYNTHETIC, True, None, None
+        _invalidate_manifest_if_stale(out, book, emb_stage, emb_fp)
+        if book.done(emb_stage, emb_fp):
+            log.info("stage %s: up to date, skipping", emb_stage)
+        else:
+            log.info("stage %s: generating %d synthetic benchmark stars", emb_stage, n)
+            t0 = time.perf_counter()
+            outputs = S.generate_synthetic(out, n, dims, seed, chunk_rows=chunk, progress=progress,
+                                           template_max=template_n)
+            book.record(emb_stage, emb_fp, outputs, time.perf_counter() - t0)
+
+        def catalog_batches():
+            import pyarrow.parquet as pq
+            pf = pq.ParquetFile(out / S.WORK_DIR / "catalog.parquet")
+            for rg in range(pf.num_row_groups):
+                yield pf.read_row_group(rg).to_pandas()
+    else:
+        store, survey_path = _open_survey(survey)
+        n = len(store)
+        survey_sha = sha256_file(survey_path / "manifest.json")
+        if embedder is None:
+            embedder = _load_embedder(run)
+        run_path = Path(run).resolve() if run is not None else None
+        dims = {k: int(v) for k, v in embedder.dims.items()}
+        emb_stage = "embed"
+        emb_fp = S.fingerprint({"stage": emb_stage, "v": S.STAGE_VERSIONS["embed"], "survey": survey_sha,
+                                "model": str(embedder.fingerprint), "dims": dims})
+        catalog_fp = survey_sha
+        kind, simulated = KIND_SURVEY, bool(store.is_simulated)
+        survey_info = {"path": str(survey_path), "manifest_sha256": survey_sha,
+                       "seed": _survey_seed(store.manifest),
+                       "source": store.manifest.get("source")}
+        run_info = {"path": str(run_path) if run_path else None, "config": getattr(embedder, "config_name", None),
+                    "fingerprint": str(embedder.fingerprint)}
+        _invalidate_manifest_if_stale(out, book, emb_stage, emb_fp)
+        if book.done(emb_stage, emb_fp):
+            log.info("stage embed: up to date, skipping")
+        else:
+            t0 = time.perf_counter()
+            if workers > 0 or scheduler:
+                if run_path is None:
+                    raise PrecomputeError("--workers/--scheduler need --run: each Dask worker loads the model itself")
+                log.info("stage embed: %d stars on Dask (%s)", n, scheduler or f"{workers} local workers")
+                S.embed_with_dask(survey_path, run_path, n, dims, out, workers=workers, scheduler=scheduler,
+                                  chunk_rows=int(chunk_rows or 2048), batch_size=batch_size, progress=progress)
+            else:
+                log.info("stage embed: %d stars in process", n)
+                S.embed_in_process(embedder, store, out, chunk_rows=int(chunk_rows or 4096),
+                                   batch_size=batch_size, progress=progress)
+            book.record(emb_stage, emb_fp, [embedding_file(k) for k in EMBEDDING_NAMES],
+                        time.perf_counter() - t0)
+
+        def catalog_batches():
+            step = 500_000
+            for i in range(0, n, step):
+                yield store.catalog.iloc[i:i + step]
+
+    names = [k for k in EMBEDDING_NAMES if k in dims] + [k for k in dims if k not in EMBEDDING_NAMES]
+
+    # ------------------------------------------------------------------ stage 2: indexes
+    index_entries = {}
+    for name in names:
+        stage = f"index_{name}"
+        fp = S.fingerprint({"stage": "index", "v": S.STAGE_VERSIONS["index"], "embed": emb_fp, "kind": index_kind,
+                            "options": index_options or {}, "seed": seed})
+        rec = book.done(stage, fp)
+        if rec:
+            log.info("stage %s: up to date, skipping", stage)
+        else:
+            _drop_manifest(out)
+            log.info("stage %s: building", stage)
+            t0 = time.perf_counter()
+            entry = S.build_one_index(out, name, kind=index_kind, seed=seed, progress=progress,
+                                      **(index_options or {}))
+            rec = book.record(stage, fp, [entry["file"]], time.perf_counter() - t0, index=entry)
+        index_entries[name] = rec["index"]
+
+    # ------------------------------------------------------------------ stage 3: maps
+    maps_fp = S.fingerprint({"stage": "maps", "v": S.STAGE_VERSIONS["maps"], "embed": emb_fp,
+                             "umap": umap_cfg.to_dict(), "seed": seed})
+    rec = book.done("maps", maps_fp)
+    if rec:
+        log.info("stage maps: up to date, skipping")
+    else:
+        _drop_manifest(out)
+        t0 = time.perf_counter()
+        emb = np.load(out / embedding_file("desa"), mmap_mode="r")
+        xy, info = umap_layout(emb, umap_cfg, seed=seed, progress=progress)
+        rel = S.save_map(out, xy)
+        rec = book.record("maps", maps_fp, [rel], time.perf_counter() - t0, umap=info)
+    umap_info = rec.get("umap", {})
+
+    # ------------------------------------------------------------------ stage 4: stars table
+    stars_fp = S.fingerprint({"stage": "stars", "v": S.STAGE_VERSIONS["stars"], "catalog": catalog_fp,
+                              "maps": maps_fp})
+    if book.done("stars", stars_fp):
+        log.info("stage stars: up to date, skipping")
+    else:
+        _drop_manifest(out)
+        t0 = time.perf_counter()
+        xy = np.load(out / S.WORK_DIR / "umap.npy")
+        rel = S.write_stars(out, catalog_batches, xy)
+        book.record("stars", stars_fp, [rel], time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ stage 5: manifest
+    stage_names = [emb_stage] + [f"index_{k}" for k in names] + ["maps", "stars"]
+    records = {s: _read_record(book, s) for s in stage_names}
+    files = {}
+    for s in stage_names:
+        for rel, meta in records[s]["outputs"].items():
+            if not rel.startswith(S.WORK_DIR + "/"):
+                files[rel] = meta
+    embeddings = {k: {"file": embedding_file(k), "dim": int(dims[k]), "n_defined": int(index_entries[k]["n"])}
+                  for k in names}
+    manifest = {
+        "kind": kind,
+        "simulated": simulated,
+        "label": ("SYNTHETIC BENCHMARK SET: catalogue-like stars and random-projection embeddings, no model, "
+                  "not science" if kind == KIND_SYNTHETIC else
+                  ("simulated survey: credible physics, not real stars" if simulated else "survey")),
+        "survey": survey_info,
+        "run": run_info,
+        "n_stars": int(n),
+        "embeddings": embeddings,
+        "indexes": index_entries,
+        "maps": {"umap": {"columns": ["umap_x", "umap_y"], "source": "desa", **umap_cfg.to_dict(), **umap_info},
+                 "cmd": {"columns": ["bp_rp", "abs_g"]}, "hr": {"columns": ["teff", "log_lum"]}},
+        "stages": {s: {"wall_s": records[s]["wall_s"], "inputs": records[s]["inputs"]} for s in stage_names},
+        "files": files,
+        "code_version": _code_version(),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seed": seed,
+    }
+    if synthetic is not None:
+        manifest["synthetic"] = {"n": int(n), "seed": seed, "dims": dims,
+                                 "template_stars": template_n,
+                                 "population": "survey simulator template, resampled with jitter beyond "
+                                               f"{template_n} stars (precompute/synthetic.py)"}
+    write_manifest(out, manifest)
+    log.info("artifact set complete: %s (%d stars, %.1f s this run)", out, n, time.perf_counter() - t_start)
+    return out
+
+
+def _code_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("desa-explorer")
+    except Exception:  # running from a source tree that was never installed
+        import desa_core
+        return str(getattr(desa_core, "__version__", "unknown"))
+
+
+def _survey_seed(manifest: dict):
+    if "seed" in manifest:
+        return manifest["seed"]
+    gen = manifest.get("generator")
+    return gen.get("seed") if isinstance(gen, dict) else None
+
+
+def _read_record(book, stage):
+    import json
+    p = book._path(stage)
+    if not p.is_file():
+        raise PrecomputeError(f"{p}: stage record missing after the stage ran")
+    return json.loads(p.read_text())
+
+
+def _drop_manifest(out: Path) -> None:
+    """The set is about to change: remove its manifest first, so no reader mistakes it for finished."""
+    m = out / MANIFEST
+    if m.exists():
+        log.info("%s: outputs are being recomputed; the set is unfinished until this run completes", out)
+        m.unlink()
+
+
+def _invalidate_manifest_if_stale(out: Path, book, stage: str, fp: str) -> None:
+    if not book.done(stage, fp):
+        _drop_manifest(out)
+
+
+def _open_survey(survey):
+    from desa_core.data.store import SurveyStore
+    path = Path(survey).resolve()
+    try:
+        return SurveyStore.open(path), path
+    except SurveyStoreError as e:
+        raise PrecomputeError(str(e)) from e
+
+
+def _load_embedder(run):
+    run_path = Path(run)
+    if not run_path.is_dir():
+        raise PrecomputeError(f"{run_path}: no run folder here; train one with `desa train`")
+    try:
+        from desa_core.models.inference import Embedder
+    except ImportError as e:
+        raise PrecomputeError(f"cannot load the model code (desa_core.models.inference): {e}") from e
+    return Embedder.from_run(run_path, device=None)

@@ -1,0 +1,321 @@
+"""The precompute stages and their resume bookkeeping.
+
+Each stage writes its outputs through temporary names + rename, then records ``ART/_state/<stage>.json``:
+the fingerprint of its inputs, the size and sha256 of each output, and its wall time. A stage is skipped
+when that record exists, its inputs fingerprint equals the current one and every output still has the
+recorded size (``verify`` compares checksums too). Fingerprints chain: the index and map stages depend on
+the embedding stage's fingerprint, which depends on the survey manifest's and the model's fingerprints; so a
+new model or survey invalidates exactly what derives from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from desa_core.artifacts import (EMBEDDING_NAMES, NpyWriter, ParquetChunkWriter, embedding_file, file_entry,
+                                 index_file, save_npy, to_float32)
+from desa_core.data.store import atomic_write_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "_state"
+WORK_DIR = "_work"
+# Bump a stage's version when its code changes what it writes: old outputs are then recomputed.
+STAGE_VERSIONS = {"embed": 1, "synthetic": 1, "index": 2, "maps": 2, "stars": 1}
+FIRST_COLUMNS = ["star_id", "umap_x", "umap_y", "bp_rp", "abs_g", "teff", "log_lum"]
+
+
+def fingerprint(obj) -> str:
+    """sha256 of a JSON-serialisable description of a stage's inputs (first 16 hex digits)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class StageBook:
+    """Which stages of one artifact folder are complete, for which inputs."""
+
+    def __init__(self, art: Path, verify: bool = False):
+        self.art = Path(art)
+        self.dir = self.art / STATE_DIR
+        self.verify = verify
+
+    def _path(self, stage: str) -> Path:
+        return self.dir / f"{stage}.json"
+
+    def done(self, stage: str, inputs: str) -> dict | None:
+        """The stage's record when it is complete and valid for ``inputs``, else None."""
+        p = self._path(stage)
+        if not p.is_file():
+            return None
+        try:
+            rec = json.loads(p.read_text())
+        except (json.JSONDecodeError, OSError):
+            log.warning("%s: unreadable stage record; redoing %s", p, stage)
+            return None
+        if rec.get("inputs") != inputs:
+            log.info("stage %s: inputs changed (%s -> %s); recomputing", stage, rec.get("inputs"), inputs)
+            return None
+        for rel, meta in rec.get("outputs", {}).items():
+            f = self.art / rel
+            if not f.is_file() or f.stat().st_size != meta["bytes"]:
+                log.warning("stage %s: output %s missing or changed size; recomputing", stage, f)
+                return None
+            if self.verify and sha256_file(f) != meta["sha256"]:
+                log.warning("stage %s: output %s checksum differs; recomputing", stage, f)
+                return None
+        return rec
+
+    def record(self, stage: str, inputs: str, outputs: Iterable[str], wall_s: float, **extra) -> dict:
+        rec = {"stage": stage, "inputs": inputs, "wall_s": round(float(wall_s), 3),
+               "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "outputs": {rel: file_entry(self.art / rel) for rel in outputs}, **extra}
+        atomic_write_json(self._path(stage), rec)
+        return rec
+
+    def forget(self, stage: str) -> None:
+        self._path(stage).unlink(missing_ok=True)
+
+
+def clean_temporaries(art: Path) -> int:
+    """Remove temporary files a killed run left behind (never a finished file)."""
+    n = 0
+    for d in (art, art / STATE_DIR, art / WORK_DIR):
+        if d.is_dir():
+            for p in d.glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+                n += 1
+    if n:
+        log.info("removed %d temporary file(s) left by an interrupted run", n)
+    return n
+
+
+# ------------------------------------------------------------------------------------------ embedding
+def embed_in_process(embedder, store, out: Path, chunk_rows: int = 4096, batch_size: int = 256,
+                     progress: bool = True) -> dict[str, int]:
+    """Embed every star of ``store`` with ``embedder`` into ART/emb_<name>.npy; returns {name: dim}."""
+    n = len(store)
+    writers = _open_embedding_writers(out, n, embedder.dims)
+    try:
+        chunks = [np.arange(i, min(n, i + chunk_rows)) for i in range(0, n, chunk_rows)]
+        it = chunks
+        if progress and len(chunks) > 1:
+            from tqdm.auto import tqdm
+            it = tqdm(chunks, desc="embedding (chunks)", unit="chunk")
+        for rows in it:
+            got = embedder.embed_store(store, rows=rows, batch_size=batch_size, progress=progress and len(chunks) == 1)
+            _put(writers, rows, got)
+        for w in writers.values():
+            w.commit()
+    finally:
+        for w in writers.values():
+            if not w._done:
+                w.abort()
+    return {k: int(v) for k, v in embedder.dims.items()}
+
+
+def _open_embedding_writers(out: Path, n: int, dims: dict) -> dict[str, NpyWriter]:
+    missing = [k for k in EMBEDDING_NAMES if k not in dims]
+    if missing:
+        raise ValueError(f"the embedder reports no dimension for {missing} (dims={dims})")
+    return {name: NpyWriter(out / embedding_file(name), (n, int(dims[name])), fill=np.nan) for name in EMBEDDING_NAMES}
+
+
+def _put(writers, rows, got):
+    for name, w in writers.items():
+        arr = np.asarray(got[name], dtype=np.float32)
+        if arr.shape != (len(rows), w.array.shape[1]):
+            raise ValueError(f"embedder returned {name} of shape {arr.shape}, expected {(len(rows), w.array.shape[1])}")
+        w.array[rows[0]:rows[-1] + 1] = arr
+
+
+# The Dask path: each worker opens the store and the run itself (nothing large crosses the network) and keeps
+# them between tasks in this module-level cache, keyed by path.
+_WORKER_CACHE: dict = {}
+
+
+def _embed_rows_on_worker(survey: str, run: str, start: int, stop: int, batch_size: int,
+                          torch_threads: int) -> dict[str, np.ndarray]:
+    import torch
+    from desa_core.data.store import SurveyStore
+    from desa_core.models.inference import Embedder
+    key = (survey, run)
+    if key not in _WORKER_CACHE:
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        _WORKER_CACHE.clear()
+        _WORKER_CACHE[key] = (SurveyStore.open(survey), Embedder.from_run(run))
+    store, embedder = _WORKER_CACHE[key]
+    return embedder.embed_store(store, rows=np.arange(start, stop), batch_size=batch_size, progress=False)
+
+
+def embed_with_dask(survey: Path, run: Path, n: int, dims: dict, out: Path, workers: int,
+                    scheduler: str | None = None, chunk_rows: int = 2048, batch_size: int = 256,
+                    progress: bool = True) -> dict[str, int]:
+    """Embed chunks of the store on a Dask distributed cluster (a LocalCluster of ``workers`` processes, or
+    the scheduler at ``scheduler``) and write the results in row order into ART/emb_<name>.npy."""
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+        log.info("embedding on the Dask cluster at %s", scheduler)
+    else:
+        cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.WARNING)
+        client = Client(cluster)
+        log.info("embedding on a local Dask cluster of %d worker processes", max(1, workers))
+    writers = _open_embedding_writers(out, n, dims)
+    try:
+        futures = []
+        ranges = {}
+        for start in range(0, n, chunk_rows):
+            stop = min(n, start + chunk_rows)
+            f = client.submit(_embed_rows_on_worker, str(survey), str(run), start, stop, batch_size, 1,
+                              pure=False)
+            futures.append(f)
+            ranges[f.key] = (start, stop)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n, desc="embedding (dask)", unit="star")
+        for fut in as_completed(futures):
+            start, stop = ranges[fut.key]
+            _put(writers, np.arange(start, stop), fut.result())
+            fut.release()
+            if bar is not None:
+                bar.update(stop - start)
+        if bar is not None:
+            bar.close()
+        for w in writers.values():
+            w.commit()
+    finally:
+        for w in writers.values():
+            if not w._done:
+                w.abort()
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return {k: int(v) for k, v in dims.items()}
+
+
+# ------------------------------------------------------------------------------------------ synthetic
+def generate_synthetic(out: Path, n: int, dims: dict, seed: int, chunk_rows: int = 250_000,
+                       progress: bool = True, template_max: int | None = None) -> list[str]:
+    """Synthetic catalogue (ART/_work/catalog.parquet) and embeddings, chunk by chunk (bounded memory)."""
+    from precompute.synthetic import TEMPLATE_MAX, population, simulator_template, synthetic_embeddings
+
+    template = simulator_template(min(n, template_max or TEMPLATE_MAX), seed)
+
+    rel_cat = f"{WORK_DIR}/catalog.parquet"
+    writers = {name: NpyWriter(out / embedding_file(name), (n, int(d))) for name, d in dims.items()}
+    cat_writer = ParquetChunkWriter(out / rel_cat)
+    try:
+        starts = list(range(0, n, chunk_rows))
+        it = starts
+        if progress and len(starts) > 1:
+            from tqdm.auto import tqdm
+            it = tqdm(starts, desc="synthetic stars", unit="chunk")
+        for start in it:
+            m = min(chunk_rows, n - start)
+            cat = population(m, seed=seed, start=start, template=template, n_total=n)
+            emb = synthetic_embeddings(cat, dims, seed=seed, start=start)
+            for name, w in writers.items():
+                w.array[start:start + m] = emb[name]
+            cat_writer.write(to_float32(cat))
+        cat_writer.commit()
+        for w in writers.values():
+            w.commit()
+    finally:
+        if not cat_writer._done:
+            cat_writer.abort()
+        for w in writers.values():
+            if not w._done:
+                w.abort()
+    return [rel_cat] + [embedding_file(name) for name in dims]
+
+
+# ------------------------------------------------------------------------------------------ indexes
+class RowView:
+    """Rows ``rows`` of a (memory-mapped) array minus ``center``, indexable like an array, never copied whole."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, center: np.ndarray):
+        self.array, self.rows, self.center = array, rows, np.asarray(center, np.float32)
+        self.shape = (len(rows), array.shape[1])
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, key):
+        return np.asarray(self.array[self.rows[key]], dtype=np.float32) - self.center
+
+
+def mean_of_rows(emb: np.ndarray, rows: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
+    total = np.zeros(emb.shape[1], np.float64)
+    for i in range(0, len(rows), chunk):
+        total += np.asarray(emb[rows[i:i + chunk]], dtype=np.float64).sum(axis=0)
+    return (total / max(len(rows), 1)).astype(np.float32)
+
+
+def defined_rows(emb: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
+    """Rows of an embedding that are finite (stars that have the modality)."""
+    ok = np.concatenate([np.isfinite(np.asarray(emb[i:i + chunk])).all(axis=1)
+                         for i in range(0, emb.shape[0], chunk)]) if emb.shape[0] else np.zeros(0, bool)
+    return np.flatnonzero(ok)
+
+
+def build_one_index(out: Path, name: str, kind: str = "auto", seed: int = 0, progress: bool = True,
+                    **kw) -> dict:
+    """ART/index_<name>.faiss over the defined rows of ART/emb_<name>.npy; returns the manifest entry."""
+    from desa_core.index import build_index, write_index
+
+    emb = np.load(out / embedding_file(name), mmap_mode="r")
+    rows = defined_rows(emb)
+    if len(rows) == 0:
+        raise ValueError(f"{out / embedding_file(name)}: no star has a {name} embedding; cannot index it")
+    # Centre before normalising: a trained embedding carries a large common offset (DESA small run: |mean| 10.6
+    # vs a spread of 0.19), which would make every cosine similarity ~0.9999 and the ranking float noise.
+    center = mean_of_rows(emb, rows)
+    vectors = RowView(emb, rows, center)
+    index, info = build_index(vectors, rows.astype(np.int64), kind=kind, seed=seed, progress=progress, **kw)
+    write_index(index, out / index_file(name))
+    return {"file": index_file(name), **info.to_dict(), "center": [float(c) for c in center]}
+
+
+# ------------------------------------------------------------------------------------------ stars table
+def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]], umap_xy: np.ndarray) -> str:
+    """ART/stars.parquet: catalogue batches (in row order) + UMAP coordinates, float32 where possible."""
+    w = ParquetChunkWriter(out / "stars.parquet")
+    try:
+        r = 0
+        for batch in catalog_batches():
+            batch = batch.reset_index(drop=True).copy()
+            m = len(batch)
+            batch["umap_x"] = umap_xy[r:r + m, 0]
+            batch["umap_y"] = umap_xy[r:r + m, 1]
+            batch["star_id"] = batch["star_id"].astype(str)
+            for c in ("bp_rp", "abs_g", "teff", "log_lum"):
+                if c not in batch:
+                    batch[c] = np.nan
+            cols = FIRST_COLUMNS + [c for c in batch.columns if c not in FIRST_COLUMNS]
+            w.write(to_float32(batch[cols]))
+            r += m
+        if r != len(umap_xy):
+            raise ValueError(f"catalogue has {r} rows but the map has {len(umap_xy)}")
+        w.commit()
+    finally:
+        if not w._done:
+            w.abort()
+    return "stars.parquet"
+
+
+def save_map(out: Path, xy: np.ndarray) -> str:
+    rel = f"{WORK_DIR}/umap.npy"
+    save_npy(out / rel, xy.astype(np.float32))
+    return rel

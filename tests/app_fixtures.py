@@ -1,0 +1,27 @@
+"""Small artifact sets for the dashboard tests, built by the real precompute pipeline (``--synthetic``).
+
+Only the UMAP stage is replaced, by the first two principal components of the DESA embedding: umap-learn's
+numba compilation alone takes ~30 s, and the dashboard treats ``umap_x``/``umap_y`` as plain coordinates.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+TEST_DIMS = {"desa": 32, "light_curve": 16, "spectrum": 16}
+
+
+def pca_layout(embedding, config=None, seed=0, progress=True):
+    x = np.asarray(embedding, dtype=np.float64)
+    x = x - x.mean(0)
+    _, _, vt = np.linalg.svd(x[:: max(1, len(x) // 20_000)], full_matrices=False)
+    return (x @ vt[:2].T).astype(np.float32), {"method": "pca (test stand-in for UMAP)"}
+
+
+def make_artifacts(out: Path, n: int = 1500, seed: int = 0) -> Path:
+    """A synthetic-benchmark artifact set of ``n`` stars at ``out`` (seconds, not minutes)."""
+    from precompute import pipeline
+    with mock.patch.object(pipeline, "umap_layout", pca_layout):
+        return pipeline.run_precompute(synthetic=n, out=out, seed=seed, dims=TEST_DIMS, progress=False)
