@@ -191,6 +191,7 @@ def fit_binary_head(x, is_binary, train, val, cfg: HeadConfig | None = None, see
     if len(np.unique(y[train])) < 2:
         raise ValueError("fit_binary_head: the training stars hold only one class")
     yt = torch.from_numpy(y.astype(np.float32))
+    torch.manual_seed(seed)   # the initial weights too: same seed, same head
     head = BinaryHead(x.shape[1], cfg)
 
     def loss_fn(logit, idx):
@@ -219,6 +220,7 @@ def fit_age_head(x, age_gyr, train, val, cfg: HeadConfig | None = None, seed: in
     cal[perm[:n_cal]] = True
     stop = val & ~cal
     yt = torch.from_numpy((y / cfg.age_scale_gyr).astype(np.float32))
+    torch.manual_seed(seed)
     head = AgeQuantileHead(x.shape[1], cfg)
     with torch.no_grad():
         head.net[-1].bias[1] = float(np.median(y[train])) / cfg.age_scale_gyr

@@ -1,0 +1,478 @@
+"""`desa evaluate`: DESA, its ablations and the baselines on the same frozen features and the same splits.
+
+    desa evaluate --run runs/small --out runs/small/metrics.json
+    desa evaluate --run runs/small --out /tmp/m.json --models desa,lc_only,vicreg
+
+Reads the run folder written by ``desa train`` (``run_manifest.json``, ``features.npz`` -- the frozen encoder
+features of every star -- and the trained DualFormer), joins the survey's true catalogue on ``star_id``,
+builds one representation per model key (see :data:`MODEL_DESCRIPTIONS`), fits the fine-tuning heads on the
+train split (validation: early stopping and conformal calibration) and measures every metric of
+:mod:`desa_core.evaluate.tasks` on the test split. Writes ``metrics.json`` (atomically), ``metrics.md`` and
+PNG figures next to it.
+
+Baselines and ablations train only on frozen features (cheap); each trained representation is cached in
+``RUN/eval_cache/`` under a key of the features file's checksum and the model's configuration, so a second
+``desa evaluate`` reuses them. Everything is seeded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+from desa_core.data.store import SurveyStore, atomic_write_bytes, atomic_write_json, sha256_file
+from desa_core.evaluate.metrics import conformal_offset, interval_coverage, regression_scores
+from desa_core.evaluate.tasks import NOMINAL_AGE_COVERAGE, evaluate_representation
+from desa_core.models.baselines import BaselineConfig, embed_alignment_baseline, fit_alignment_baseline
+from desa_core.models.config import CONDITIONING_LABELS
+from desa_core.models.heads import AGE_QUANTILES
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+ORACLE_KEY = "oracle_gbr_true_labels"
+ORACLE_FEATURES = ("teff", "logg", "feh", "prot_days", "log_lum")
+# A realistic reference: the simulator's survey-like *observed* labels (LAMOST-pipeline Teff/logg/[Fe/H] errors,
+# Gaia photometry and parallax errors) -- and the true Prot, as no measured period is catalogued.
+OBSERVED_ORACLE_KEY = "oracle_gbr_observed_labels"
+OBSERVED_ORACLE_FEATURES = ("teff_obs", "logg_obs", "feh_obs", "abs_g_obs", "bp_rp0_obs", "prot_days")
+
+# DESA ablations: DualFormerConfig overrides trained on the same frozen features.
+ABLATIONS = {
+    "desa_retrained": {},
+    "desa_cross": {"attention_type": "cross"},
+    "desa_self": {"attention_type": "self"},
+    # With the default symmetric A, A^T = A: 'same' vs 'transpose' only differ for a general A, so the pair of
+    # ablations frees A and compares the two projections on equal terms.
+    "desa_general_A": {"symmetric_A": False},
+    "desa_same_A": {"projection_type": "same", "symmetric_A": False},
+    "desa_cross_cov": {"cross_cov": True},
+    "desa_variance": {"variance_term": True},
+    "desa_label_conditioned": {"label_conditioned": True},
+}
+NO_ABSMAG_KEY = "desa_no_absmag"
+# Ablations retrain a DualFormer each (the costly part of `desa evaluate`): their epochs are capped.
+ABLATION_MAX_EPOCHS = 12
+NO_ABSMAG_FEATURES = "features_no_absmag.npz"
+
+MODEL_DESCRIPTIONS = {
+    "desa": "DESA (DualFormer cross+self attention, A/A^T, label-free); heads on [p_s; p_l]",
+    "lc_only": "frozen light-curve feature z_lc",
+    "spec_only": "frozen spectra feature z_spec",
+    "concat": "[z_lc; z_spec], each standardised",
+    "clip": "CLIP symmetric InfoNCE (Radford et al. 2021) on two MLP projectors",
+    "moco": "cross-modal MoCo, momentum encoders + queue (He et al. 2020)",
+    "vicreg": "VICReg (Bardes, Ponce & LeCun 2022), cross-modal",
+    "simsiam": "cross-modal SimSiam (Chen & He 2021)",
+    "desa_retrained": "DESA's own config retrained here with the ablations' epoch budget and seed (their reference)",
+    "desa_cross": "DESA ablation: cross-attention only",
+    "desa_self": "DESA ablation: self-attention only",
+    "desa_general_A": "DESA ablation: unconstrained (non-symmetric) A, p_l = A^T h_l (the public code's A)",
+    "desa_same_A": "DESA ablation: unconstrained A, p_l = A h_l (A for both streams; compare with desa_general_A)",
+    "desa_cross_cov": "DESA ablation: + cross-covariance term",
+    "desa_variance": "DESA ablation: + variance (std hinge) term",
+    "desa_label_conditioned": ("LEAKS LABELS: DESA with catalogue " + ", ".join(CONDITIONING_LABELS)
+                               + " appended to h (the public code's configuration)"),
+    NO_ABSMAG_KEY: "DESA ablation: light-curve encoder without the absolute-magnitude channel",
+    ORACLE_KEY: "ORACLE: gradient-boosted quantile regression of age on the TRUE " + ", ".join(ORACLE_FEATURES),
+    OBSERVED_ORACLE_KEY: ("ORACLE (realistic): the same on survey-like OBSERVED labels "
+                          + ", ".join(OBSERVED_ORACLE_FEATURES) + " (Prot true: no measured period in the catalogue)"),
+}
+MODEL_KEYS = ("desa", "lc_only", "spec_only", "concat", "clip", "moco", "vicreg", "simsiam",
+              *ABLATIONS, NO_ABSMAG_KEY, ORACLE_KEY, OBSERVED_ORACLE_KEY)
+ORACLE_KEYS = {ORACLE_KEY: ORACLE_FEATURES, OBSERVED_ORACLE_KEY: OBSERVED_ORACLE_FEATURES}
+
+
+@dataclasses.dataclass
+class Representation:
+    """One model's view of every star (rows aligned with the catalogue)."""
+    embedding: np.ndarray
+    head_input: np.ndarray
+    info: dict
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def _read_manifest(run: Path) -> dict:
+    p = run / "run_manifest.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no run manifest; train a model first with `desa train --out {run}`")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: unreadable run manifest ({e})") from e
+
+
+def _survey_path(run: Path, manifest: dict) -> Path:
+    for key in ("survey", "survey_path"):
+        if key in manifest:
+            p = Path(manifest[key])
+            if not p.is_absolute() and not p.exists():
+                p = run / p
+            return p
+    raise ValueError(f"{run / 'run_manifest.json'}: names no survey (expected a 'survey' field)")
+
+
+def _run_config(run: Path, manifest: dict):
+    from desa_core.models.config import config_from_dict, get_config
+    if isinstance(manifest.get("config"), dict):
+        return config_from_dict(manifest["config"], where=str(run / "run_manifest.json"))
+    return get_config(str(manifest.get("config_name", "small")))
+
+
+def _load_features(path: Path):
+    from desa_core.train.alignment import load_features
+    return load_features(path)
+
+
+def _join_catalog(catalog: pd.DataFrame, star_id: np.ndarray, where: Path) -> pd.DataFrame:
+    cat = catalog.set_index(catalog["star_id"].astype(str))
+    ids = pd.Index(np.asarray(star_id).astype(str))
+    missing = ids.difference(cat.index)
+    if len(missing):
+        raise ValueError(f"{where}: {len(missing)} stars of the features are not in the survey catalogue "
+                         f"(first: {missing[0]!r}); was the run trained on another survey?")
+    return cat.loc[ids].reset_index(drop=True)
+
+
+@dataclasses.dataclass
+class RunInputs:
+    """What evaluation and the heads stage read from a run folder."""
+    run: Path
+    manifest: dict
+    cfg: object          # DesaConfig
+    features: object     # FrozenFeatures
+    catalog: pd.DataFrame
+    survey: Path
+
+
+def open_run(run) -> RunInputs:
+    """Read a run folder: manifest, config, frozen features and the survey catalogue joined on star_id
+    (rows in the features' order; ``split`` is the run's split)."""
+    run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: run folder not found")
+    manifest = _read_manifest(run)
+    cfg = _run_config(run, manifest)
+    feats = _load_features(run / "features.npz")
+    survey = _survey_path(run, manifest)
+    catalog = _join_catalog(SurveyStore.open(survey).catalog, feats.star_id, survey)
+    split = np.asarray(feats.split).astype(str)
+    n_mismatch = int((catalog["split"].astype(str).to_numpy() != split).sum())
+    if n_mismatch:
+        log.warning("%d stars have another split in the features than in the catalogue: using the run's", n_mismatch)
+    catalog["split"] = split
+    return RunInputs(run, manifest, cfg, feats, catalog, survey)
+
+
+def _signature(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------- models
+def _cached(cache_dir: Path, key: str, sig: str, build) -> Representation:
+    path = cache_dir / f"{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                info = json.loads(str(z["info"]))
+                if info.get("signature") == sig:
+                    log.info("%s: reusing the cached representation %s", key, path)
+                    return Representation(z["embedding"], z["head_input"], info)
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("%s: ignoring an unreadable cache file %s (%s)", key, path, e)
+    t0 = time.time()
+    rep = build()
+    rep.info.update(signature=sig, train_seconds=round(time.time() - t0, 1))
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, embedding=rep.embedding.astype(np.float32), head_input=rep.head_input.astype(np.float32),
+             info=np.array(json.dumps(rep.info, default=str)))
+    atomic_write_bytes(path, buf.getvalue())
+    return rep
+
+
+def _raw_representation(key: str, feats, train: np.ndarray) -> Representation:
+    z_lc = np.asarray(feats.z_lc, np.float64)
+    z_spec = np.asarray(feats.z_spec, np.float64)
+    has_lc, has_spec = np.asarray(feats.has_lc, bool), np.asarray(feats.has_spec, bool)
+
+    def std(z, has):
+        # Standardise with the training stars that have the modality; a missing modality becomes 0 (= mean).
+        fit = train & has
+        mu, sd = z[fit].mean(0), z[fit].std(0)
+        sd = np.where(sd > 1e-12, sd, 1.0)
+        return np.where(has[:, None], (z - mu) / sd, 0.0)
+
+    if key == "lc_only":
+        x = std(z_lc, has_lc)
+    elif key == "spec_only":
+        x = std(z_spec, has_spec)
+    else:
+        x = np.concatenate([std(z_lc, has_lc), std(z_spec, has_spec)], 1)
+    return Representation(x, x.astype(np.float32), {"embedding_dim": int(x.shape[1])})
+
+
+def _baseline_representation(key: str, feats, train, val, cfg: BaselineConfig, seed: int,
+                             progress: bool) -> Representation:
+    both = np.asarray(feats.has_lc, bool) & np.asarray(feats.has_spec, bool)
+    model, hist = fit_alignment_baseline(feats.z_lc, feats.z_spec, train & both, val & both, key, cfg, seed,
+                                         progress)
+    emb = embed_alignment_baseline(model, feats.z_lc, feats.z_spec, feats.has_lc, feats.has_spec)
+    return Representation(emb, emb, {"embedding_dim": int(emb.shape[1]), "epochs_run": hist["epochs_run"],
+                                     "best_val_loss": hist["best_val_loss"]})
+
+
+def _dualformer_outputs(model, feats, labels=None) -> Representation:
+    from desa_core.train.alignment import embed_dualformer
+    out = embed_dualformer(model, feats, labels=labels)
+    emb = np.asarray(out["embedding"], np.float64)
+    head = np.concatenate([np.asarray(out["p_s"]), np.asarray(out["p_l"])], 1).astype(np.float32)
+    return Representation(emb, head, {"embedding_dim": int(emb.shape[1]), "head_input_dim": int(head.shape[1])})
+
+
+def ablation_train_config(cfg):
+    """The run's TrainConfig with the DualFormer epochs capped at ABLATION_MAX_EPOCHS (early stopping on val
+    as in training). ``desa_retrained`` gets the same budget, so ablation deltas are read against it."""
+    return dataclasses.replace(cfg.train, align_epochs=min(int(cfg.train.align_epochs), ABLATION_MAX_EPOCHS))
+
+
+def _ablation_representation(key, overrides, feats, cfg, catalog, seed, device) -> Representation:
+    from desa_core.train.alignment import train_dualformer
+    from desa_core.train.stages import conditioning_labels
+    dcfg = dataclasses.replace(cfg.dualformer, **overrides)
+    tcfg = ablation_train_config(cfg)
+    labels = conditioning_labels(catalog) if dcfg.label_conditioned else None
+    model = train_dualformer(feats, dcfg, tcfg, seed=seed, device=device, labels=labels)
+    rep = _dualformer_outputs(model, feats, labels)
+    rep.info.update(dualformer_overrides=overrides, max_epochs=tcfg.align_epochs)
+    return rep
+
+
+def load_desa_model(run: Path):
+    """The run's trained, finalised DualFormer."""
+    from desa_core.train.alignment import load_dualformer
+    return load_dualformer(run)
+
+
+# ------------------------------------------------------------------------------------------- oracle
+def oracle_age_metrics(catalog: pd.DataFrame, eval_mask: np.ndarray, seed: int = 0, key: str = ORACLE_KEY) -> dict:
+    """Gradient-boosted quantile regression of age on catalogue labels: the TRUE Teff, logg, [Fe/H], Prot,
+    log L (``ORACLE_KEY``) or survey-like observed ones (``OBSERVED_ORACLE_KEY``; NaN allowed).
+
+    Same protocol as the heads: fit on train, early stopping inside train (sklearn's internal 10 %
+    hold-out), CQR on half of the validation split, report on ``eval_mask`` (the test stars the models
+    are scored on). An upper bound a label-free model can approach but should not be expected to beat."""
+    cols = ORACLE_KEYS[key]
+    missing = [c for c in cols if c not in catalog.columns]
+    if missing:
+        return {"available": False, "oracle": True, "leaks_labels": True, "description": MODEL_DESCRIPTIONS[key],
+                "reason": f"the survey catalogue lacks {missing}"}
+    x = np.stack([catalog[c].to_numpy(np.float64) for c in cols], 1)
+    y = catalog["age_gyr"].to_numpy(np.float64)
+    split = catalog["split"].to_numpy()
+    ok = np.isfinite(y)
+    train, val = (split == "train") & ok, (split == "val") & ok
+    rng = np.random.default_rng(seed + 7919)
+    val_idx = rng.permutation(np.flatnonzero(val))
+    cal = val_idx[: max(2, len(val_idx) // 2)]
+    preds = {}
+    for q in AGE_QUANTILES:
+        m = HistGradientBoostingRegressor(loss="quantile", quantile=q, max_iter=400, learning_rate=0.05,
+                                          early_stopping=True, random_state=seed)
+        m.fit(x[train], y[train])
+        preds[q] = m
+    lo_c, hi_c = preds[AGE_QUANTILES[0]].predict(x[cal]), preds[AGE_QUANTILES[2]].predict(x[cal])
+    off = conformal_offset(y[cal], lo_c, hi_c, NOMINAL_AGE_COVERAGE)
+    te = eval_mask & ok
+    lo, mid, hi = (preds[q].predict(x[te]) for q in AGE_QUANTILES)
+    lo, hi = np.minimum(lo - off, mid), np.maximum(hi + off, mid)
+    r = regression_scores(y[te], mid)
+    return {"age_rmse_gyr": r["rmse"], "age_mae_gyr": r["mae"], "age_coverage": interval_coverage(y[te], lo, hi),
+            "age_interval_width_gyr": float(np.median(hi - lo)), "n_test": int(te.sum()),
+            "features": list(cols), "oracle": True, "leaks_labels": True, "available": True,
+            "description": MODEL_DESCRIPTIONS[key]}
+
+
+# ------------------------------------------------------------------------------------------- main
+def evaluate(run, out, models=None, *, seed: int = 0, device: str = "cpu", progress: bool = True,
+             figures: bool = True, threads: int | None = 1) -> dict:
+    """Evaluate DESA, its ablations and the baselines of run folder ``run``; write ``out`` (JSON), plus
+    ``metrics.md`` and figures next to it. ``models``: a subset of :data:`MODEL_KEYS` (default: all).
+    ``threads``: torch intra-op threads while evaluating (None: leave as is). One is the default because
+    the models here are tiny: on a busy machine, OpenMP threads spinning for each other made a small MLP
+    step ~70x slower with two threads than with one (measured on the 2-core development box); the same
+    holds for the BLAS pool behind scipy/sklearn, which is limited alike.
+    Returns the metrics dict (the JSON's content)."""
+    if not threads:
+        return _evaluate(run, out, models, seed, device, progress, figures)
+    from threadpoolctl import threadpool_limits   # BLAS/OpenMP pools of numpy, scipy, sklearn
+    prev = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        with threadpool_limits(limits=int(threads)):
+            return _evaluate(run, out, models, seed, device, progress, figures)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _evaluate(run, out, models, seed, device, progress, figures) -> dict:
+    t_start = time.time()
+    run, out = Path(run), Path(out)
+    keys = list(MODEL_KEYS) if models is None else [m.strip() for m in models if m.strip()]
+    unknown = [k for k in keys if k not in MODEL_KEYS]
+    if unknown:
+        raise ValueError(f"unknown model keys {unknown}; choose from {', '.join(MODEL_KEYS)}")
+    inputs = open_run(run)
+    cfg, feats, catalog, survey = inputs.cfg, inputs.features, inputs.catalog, inputs.survey
+    feats_path = run / "features.npz"
+    split = catalog["split"].to_numpy()
+    train, val = split == "train", split == "val"
+    has_lc, has_spec = np.asarray(feats.has_lc, bool), np.asarray(feats.has_spec, bool)
+    torch.manual_seed(seed)
+    feat_sha = sha256_file(feats_path)
+    cache_dir = run / "eval_cache"
+    bcfg = BaselineConfig(out_dim=int(cfg.dualformer.dim), hidden_dim=max(64, 4 * int(cfg.dualformer.dim)))
+
+    notes = ["headline metrics: test stars with both modalities; missing_modality: test stars lacking one",
+             "cmd_r2/hr_r2: ridge probe (alpha by LOO-CV on the fit part), 20% fit / 80% score inside the test "
+             "split, seed 0, standardised embedding",
+             "cmd_ari: GMM (full covariance, 10 PCs of the standardised embedding), k = 4 CMD classes; "
+             "photometric_binary = dwarf >= 0.3 mag above the single-star main sequence (delta_mag_ms)",
+             "age_coverage: conformalized (CQR) 0.14-0.86 quantile interval, nominal 0.72",
+             "baseline embedding = [proj_spec(z_spec); proj_lc(z_lc)]; DESA embedding = (h_s + h_l) V, DESA heads "
+             "read [p_s; p_l]"]
+    result: dict = {"run": str(run), "survey": str(survey), "config": cfg.name, "seed": seed,
+                    "features_sha256": feat_sha,
+                    "n_stars": {s: int((split == s).sum()) for s in ("train", "val", "test")},
+                    "n_both_modalities": {s: int(((split == s) & has_lc & has_spec).sum())
+                                          for s in ("train", "val", "test")},
+                    "notes": notes, "models": {}}
+    reps: dict[str, Representation] = {}
+    for key in keys:
+        if key in ORACLE_KEYS:
+            continue
+        log.info("evaluate: building representation %s", key)
+        t0 = time.time()
+        try:
+            rep = _build(key, run, feats, cfg, catalog, train, val, bcfg, seed, device, progress, cache_dir,
+                         feat_sha)
+        except _Unavailable as e:
+            log.warning("%s: %s", key, e)
+            result["models"][key] = {"available": False, "reason": str(e), "description": MODEL_DESCRIPTIONS[key]}
+            continue
+        heads = _saved_desa_heads(run, rep) if key == "desa" else None
+        m = evaluate_representation(rep.embedding, rep.head_input, catalog, has_lc, has_spec, heads=heads,
+                                    seed=seed, progress=progress)
+        m.update(description=MODEL_DESCRIPTIONS[key], leaks_labels=key == "desa_label_conditioned",
+                 available=True, representation=rep.info, seconds=round(time.time() - t0, 1))
+        result["models"][key] = m
+        reps[key] = rep
+        log.info("%s: AUC %s, age RMSE %s Gyr, cmd_r2 %s, hr_r2 %s, sync/young bacc %s", key,
+                 _fmt(m["binary_auc"]), _fmt(m["age_rmse_gyr"]), _fmt(m["cmd_r2"]), _fmt(m["hr_r2"]),
+                 _fmt(m["sync_young_bacc"]))
+    for key in ORACLE_KEYS:
+        if key in keys:
+            result["models"][key] = oracle_age_metrics(catalog, (split == "test") & has_lc & has_spec, seed, key)
+    result["seconds"] = round(time.time() - t_start, 1)
+    # Flatten: one top-level key per model, as the JSON layout promises; bookkeeping under "_meta".
+    flat = dict(result.pop("models"))
+    flat["_meta"] = result
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, flat)
+    from desa_core.evaluate.report import write_report
+    write_report(flat, out.parent, reps=reps if figures else None, catalog=catalog, has_lc=has_lc,
+                 has_spec=has_spec, md_name=out.with_suffix(".md").name)
+    log.info("evaluate: wrote %s in %.0f s", out, time.time() - t_start)
+    return flat
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _build(key, run, feats, cfg, catalog, train, val, bcfg, seed, device, progress, cache_dir, feat_sha):
+    if key == "desa":
+        try:
+            model = load_desa_model(run)
+        except FileNotFoundError as e:
+            raise _Unavailable(f"no trained DualFormer in {run} ({e})") from e
+        return _dualformer_outputs(model, feats)
+    if key in ("lc_only", "spec_only", "concat"):
+        return _raw_representation(key, feats, train)
+    if key in ("clip", "moco", "vicreg", "simsiam"):
+        sig = _signature(CACHE_VERSION, key, feat_sha, asdict(bcfg), seed)
+        return _cached(cache_dir, key, sig, lambda: _baseline_representation(key, feats, train, val, bcfg, seed,
+                                                                           progress))
+    if key in ABLATIONS:
+        sig = _signature(CACHE_VERSION, key, feat_sha, asdict(cfg.dualformer), asdict(ablation_train_config(cfg)),
+                         ABLATIONS[key], seed)
+        return _cached(cache_dir, key, sig, lambda: _ablation_representation(key, ABLATIONS[key], feats, cfg,
+                                                                           catalog, seed, device))
+    if key == NO_ABSMAG_KEY:
+        path = no_absmag_features_path(run)
+        if path is None:
+            raise _Unavailable(
+                f"needs frozen features of a light-curve encoder trained without the absolute-magnitude channel "
+                f"(PreprocessConfig.lc_abs_mag_channel: false): either {run / NO_ABSMAG_FEATURES} or a sibling run "
+                f"{run.parent / (run.name + '_no_absmag')} trained on the same survey with such a config "
+                f"(`desa train --survey SURVEY --config no_absmag.yaml --out {run.parent / (run.name + '_no_absmag')}`, "
+                f"see docs/evaluation.md)")
+        f2 = _load_features(path)
+        if not np.array_equal(np.asarray(f2.star_id).astype(str), np.asarray(feats.star_id).astype(str)) or \
+                not np.array_equal(np.asarray(f2.split).astype(str), np.asarray(feats.split).astype(str)):
+            raise _Unavailable(f"{path}: stars or splits differ from {run / 'features.npz'}")
+        sig = _signature(CACHE_VERSION, key, sha256_file(path), asdict(cfg.dualformer),
+                         asdict(ablation_train_config(cfg)), seed)
+        rep = _cached(cache_dir, key, sig, lambda: _ablation_representation(key, {}, f2, cfg, catalog, seed,
+                                                                          device))
+        rep.info["features"] = str(path)
+        return rep
+    raise ValueError(f"unknown model key {key!r}")
+
+
+def no_absmag_features_path(run: Path) -> Path | None:
+    """Features without the absolute-magnitude channel: RUN/features_no_absmag.npz, or the features of a
+    sibling run ``RUN_no_absmag`` whose config switches the channel off."""
+    p = run / NO_ABSMAG_FEATURES
+    if p.is_file():
+        return p
+    sibling = run.parent / f"{run.name}_no_absmag"
+    if (sibling / "features.npz").is_file() and (sibling / "run_manifest.json").is_file():
+        cfg = _run_config(sibling, _read_manifest(sibling))
+        if cfg.preprocess.lc_abs_mag_channel:
+            log.warning("%s: its config keeps the absolute-magnitude channel; not a no_absmag run", sibling)
+            return None
+        return sibling / "features.npz"
+    return None
+
+
+def _saved_desa_heads(run: Path, rep: Representation):
+    """DESA's heads from ``RUN/checkpoints/heads.pt`` (trained by the pipeline's last stage with the same
+    protocol), or None to fit them here."""
+    from desa_core.train.heads import load_heads
+    path = run / "checkpoints" / "heads.pt"
+    if not path.is_file():
+        return None
+    try:
+        heads = load_heads(path)
+    except (ValueError, RuntimeError, KeyError) as e:
+        log.warning("%s: not usable (%s); fitting DESA's heads here", path, e)
+        return None
+    if heads["binary"].mean.shape[0] != rep.head_input.shape[1]:
+        log.warning("%s: input dimension differs from [p_s; p_l]; fitting DESA's heads here", path)
+        return None
+    log.info("desa: using the fine-tuned heads in %s", path)
+    return heads
+
+
+def _fmt(v):
+    return "n/a" if v is None else f"{v:.3f}"
