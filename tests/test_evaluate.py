@@ -13,15 +13,7 @@ from desa_core.evaluate.run import MODEL_KEYS, ORACLE_KEY, evaluate
 from desa_core.evaluate.tasks import cmd_classes, sync_young_labels
 from desa_core.models.config import get_config
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: on a busy 2-core machine extra OpenMP/BLAS threads only spin (see docs/evaluation.md)."""
-    from threadpoolctl import threadpool_limits
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 N = 700

@@ -7,15 +7,7 @@ from desa_core.evaluate.metrics import (binary_scores, clustering_agreement, con
                                         interval_coverage, knn_balanced_accuracy, purity, regression_scores)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: on a busy 2-core machine extra OpenMP/BLAS threads only spin (see docs/evaluation.md)."""
-    from threadpoolctl import threadpool_limits
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_binary_scores_known_ranking():

@@ -20,7 +20,7 @@ import torch
 from desa_core.models.config import DualFormerConfig, TrainConfig
 from desa_core.models.dualformer import DualFormer, alignment_loss
 from desa_core.train import distributed as ddp
-from desa_core.train.stages import CsvLog, autocast, fit_epochs, lr_at, seed_for
+from desa_core.train.stages import CsvLog, autocast, fit_epochs, lr_at, optimizer_step, seed_for
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +156,7 @@ def _train_dualformer(features, cfg, train_cfg, seed=0, device="cpu", labels=Non
             with autocast(device, train_cfg.amp):
                 out = wrapped(**t)
             terms = alignment_loss({k: v.float() for k, v in out.items()}, cfg)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            opt.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            optimizer_step(terms, opt, model.parameters(), train_cfg.grad_clip, sums)
             n += 1
         return {k: v / max(n, 1) for k, v in sums.items()}
 

@@ -307,6 +307,16 @@ def _make_optimizer(model, lr, weight_decay):
     return torch.optim.AdamW(ddp.unwrap(model).parameters(), lr=lr, weight_decay=weight_decay)
 
 
+def optimizer_step(terms: dict, opt: torch.optim.Optimizer, params, grad_clip: float, sums: dict) -> None:
+    """One gradient step on ``terms['loss']`` with gradient clipping; adds every term to ``sums`` (epoch means)."""
+    opt.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    for k, v in terms.items():
+        sums[k] = sums.get(k, 0.0) + float(v.detach())
+
+
 def _set_lr(opt, lr):
     for g in opt.param_groups:
         g["lr"] = lr
@@ -345,12 +355,7 @@ def stage_light_curve_encoder(ctx: RunContext) -> torch.nn.Module:
             _set_lr(opt, lr_at(epoch * steps + i, steps * tc.lc_epochs, tc.lc_lr, tc.warmup_fraction))
             with autocast(dev, tc.amp):
                 out = model(*_views(ctx, cache, train_stars[b], rng, prot, dev))
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
-            opt.step()
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            optimizer_step(out, opt, net.parameters(), tc.grad_clip, sums)
             n += 1
         return {k: v / max(n, 1) for k, v in sums.items()}
 
@@ -422,12 +427,7 @@ def stage_spectra_encoder(ctx: RunContext) -> torch.nn.Module:
             _set_lr(opt, lr_at(epoch * steps + i, steps * tc.spec_epochs, tc.spec_lr, tc.warmup_fraction))
             with autocast(dev, tc.amp):
                 out = model(*batch(train_stars[b]), generator=gen)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
-            opt.step()
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            optimizer_step(out, opt, net.parameters(), tc.grad_clip, sums)
             n += 1
         return {k: v / max(n, 1) for k, v in sums.items()}
 
