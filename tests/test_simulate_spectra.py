@@ -2,6 +2,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from sim_stars import make_stars
 
 from desa_core.data.simulate.spectra import (
     C_KMS, SpectrumConfig, air_to_vacuum, lamost_wavelength_grid, simulate_spectra,
@@ -10,18 +11,6 @@ from desa_core.data.simulate.spectra import (
 NOISELESS = SpectrumConfig(add_noise=False, calibration_sigma=0.0, arm_mismatch=0.0, bad_pixel_fraction=0.0)
 
 
-def make_stars(n=1, **columns) -> pd.DataFrame:
-    """A stars table with every column the simulator reads; keyword arguments override (scalar or per-star)."""
-    base = dict(
-        teff=5772.0, logg=4.44, feh=0.0, mass=1.0, radius=1.0, log_lum=0.0, age_gyr=4.5, prot_days=25.0,
-        rossby=1.5, spot_amplitude_ppm=200.0, inclination_deg=80.0, vsini_kms=2.0, kepmag=12.0, gaia_g=12.0,
-        binary_class="single", is_binary=False, porb_days=np.nan, mass_ratio=np.nan, comp_mass=np.nan,
-        comp_teff=np.nan, comp_logg=np.nan, comp_radius=np.nan, flux_ratio_kp=0.0, flux_ratio_g=0.0,
-        a_rsun=np.nan, orbit_t0_days=np.nan, k1_kms=np.nan, k2_kms=np.nan, rv_sys_kms=0.0, rv1_kms=0.0,
-        rv2_kms=np.nan, rv_kms_obs=0.0,
-    )
-    base.update(columns)
-    return pd.DataFrame({k: (list(v) if np.ndim(v) else [v] * n) for k, v in base.items()})
 
 
 def equivalent_width(wave, flux, centre_air, half_width, cont_gap=5.0, cont_width=15.0):

@@ -317,6 +317,19 @@ def optimizer_step(terms: dict, opt: torch.optim.Optimizer, params, grad_clip: f
         sums[k] = sums.get(k, 0.0) + float(v.detach())
 
 
+def batch_means(forward, stars: np.ndarray, batch_size: int) -> dict:
+    """Star-weighted mean of every term ``forward(batch)`` returns, over batches of >= 2 stars (validation)."""
+    sums, n = {}, 0
+    for i in range(0, len(stars), batch_size):
+        b = stars[i:i + batch_size]
+        if len(b) < 2:
+            continue
+        for k, v in forward(b).items():
+            sums[k] = sums.get(k, 0.0) + float(v) * len(b)
+        n += len(b)
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
 def _set_lr(opt, lr):
     for g in opt.param_groups:
         g["lr"] = lr
@@ -363,16 +376,8 @@ def stage_light_curve_encoder(ctx: RunContext) -> torch.nn.Module:
         if len(val_stars) < 2:
             return {}
         rng = np.random.default_rng(seed_for(tc.seed, "lc-val"))   # the same views every epoch
-        sums, n = {}, 0
-        for i in range(0, len(val_stars), tc.lc_batch_size):
-            b = val_stars[i:i + tc.lc_batch_size]
-            if len(b) < 2:
-                continue
-            out = net(*_views(ctx, cache, b, rng, prot, dev))   # the bare module: no DDP sync in validation
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(b)
-            n += len(b)
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        # the bare module: no DDP sync in validation
+        return batch_means(lambda b: net(*_views(ctx, cache, b, rng, prot, dev)), val_stars, tc.lc_batch_size)
 
     fit_epochs("light_curve_encoder", model, opt, tc.lc_epochs, train_epoch, validate,
                ctx.checkpoints / "light_curve_encoder.partial.pt", None, info, ctx.log)
@@ -435,16 +440,8 @@ def stage_spectra_encoder(ctx: RunContext) -> torch.nn.Module:
         if len(val_stars) < 2:
             return {}
         gen = torch.Generator().manual_seed(seed_for(tc.seed, "spec-val"))
-        sums, n = {}, 0
-        for i in range(0, len(val_stars), tc.spec_batch_size):
-            b = val_stars[i:i + tc.spec_batch_size]
-            if len(b) < 2:
-                continue
-            out = net(*batch(b), generator=gen)   # the bare module: no DDP sync outside training steps
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(b)
-            n += len(b)
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        # the bare module: no DDP sync outside training steps
+        return batch_means(lambda b: net(*batch(b), generator=gen), val_stars, tc.spec_batch_size)
 
     fit_epochs("spectra_encoder", model, opt, tc.spec_epochs, train_epoch, validate,
                ctx.checkpoints / "spectra_encoder.partial.pt", None, info, ctx.log)
