@@ -314,7 +314,8 @@ class Search(pn.viewable.Viewer):
         return lc_plot + sp_plot
 
     def __panel__(self):
-        id_input = pn.widgets.TextInput.from_param(self.param.star_id, label="Star id", placeholder="e.g. KIC 10000001")
+        example = self.data.star_ids[0] if self.data.n else "KIC 10000001"  # an id this artifact set really has
+        id_input = pn.widgets.TextInput.from_param(self.param.star_id, label="Star id", placeholder=f"e.g. {example}")
         id_btn = pn.widgets.Button(label="Search by id", color="primary")
         id_btn.on_click(lambda e: self._guard(self.search_star))
         pos_input = pn.widgets.TextInput.from_param(self.param.sky_position, label="Sky position (ICRS)",
