@@ -45,6 +45,21 @@ BINARY_CLASSES = ("single", "wide", "close_sync", "eclipsing")
 SPLITS = ("train", "val", "test")
 
 
+# The store's spectral axis: LAMOST LRS coverage, vacuum Angstrom, uniform in log10(lambda). Simulated and
+# ingested stores share it, so every spectrum in every store has the same pixels.
+LAMOST_GRID_MIN_A, LAMOST_GRID_MAX_A, LAMOST_GRID_DLOG10 = 3700.0, 9000.0, 1e-4
+
+
+def log_lambda_pixels(w_min: float, w_max: float, dlog10: float) -> int:
+    return int(np.floor((np.log10(w_max) - np.log10(w_min)) / dlog10 + 1e-9)) + 1
+
+
+def log_lambda_grid(w_min: float = LAMOST_GRID_MIN_A, w_max: float = LAMOST_GRID_MAX_A,
+                    dlog10: float = LAMOST_GRID_DLOG10) -> np.ndarray:
+    """(L,) float64 wavelengths uniform in log10(lambda): 3861 pixels for the default 3700-9000 A."""
+    return 10.0 ** (np.log10(w_min) + dlog10 * np.arange(log_lambda_pixels(w_min, w_max, dlog10)))
+
+
 class SurveyStoreError(ValueError):
     """A survey store that is missing, incomplete or inconsistent; the message names the path."""
 

@@ -21,31 +21,20 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from desa_core.data.store import (LAMOST_GRID_DLOG10, LAMOST_GRID_MAX_A, LAMOST_GRID_MIN_A,
+                                  log_lambda_grid)
 from desa_core.data.readers.common import FitsReadError, header_float, header_value, open_fits, table_column
 
 C_KMS = 299792.458
-GRID_MIN_A, GRID_MAX_A, GRID_DLOG10 = 3700.0, 9000.0, 1e-4
-
-
-def lamost_wavelength_grid(w_min: float = GRID_MIN_A, w_max: float = GRID_MAX_A,
-                           dlog10: float = GRID_DLOG10) -> np.ndarray:
-    """The store's spectral grid: vacuum Angstrom, uniform in log10(lambda) (3861 pixels by default)."""
-    n = int(np.floor((np.log10(w_max) - np.log10(w_min)) / dlog10 + 1e-9)) + 1
-    return 10.0 ** (np.log10(w_min) + dlog10 * np.arange(n))
+def lamost_wavelength_grid(w_min: float = LAMOST_GRID_MIN_A, w_max: float = LAMOST_GRID_MAX_A,
+                           dlog10: float = LAMOST_GRID_DLOG10) -> np.ndarray:
+    """A LAMOST-like spectral grid (vacuum Angstrom, uniform in log10 lambda); the defaults give the store's."""
+    return log_lambda_grid(w_min, w_max, dlog10)
 
 
 def store_wavelength_grid() -> np.ndarray:
-    """The grid the simulator writes, so real and simulated stores share one wavelength axis.
-
-    Taken from ``desa_core.data.simulate.spectra`` (imported lazily: it is heavy, and the readers are also
-    used by the dashboard for uploads); :func:`lamost_wavelength_grid` here is the same grid, which a test
-    checks, and is the fallback when the simulator is not importable.
-    """
-    try:
-        from desa_core.data.simulate.spectra import lamost_wavelength_grid as simulated_grid
-    except ImportError:
-        return lamost_wavelength_grid()
-    return np.asarray(simulated_grid(), dtype=np.float64)
+    """The grid every survey store's spectra share (``desa_core.data.store.log_lambda_grid``)."""
+    return log_lambda_grid()
 
 
 @dataclass

@@ -49,6 +49,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
+from desa_core.data.store import (LAMOST_GRID_DLOG10, LAMOST_GRID_MAX_A, LAMOST_GRID_MIN_A, log_lambda_grid,
+                                  log_lambda_pixels)
+
 log = logging.getLogger(__name__)
 
 C_KMS = 299792.458
@@ -62,9 +65,9 @@ LOGG_SUN = 4.438
 class SpectrumConfig:
     """Wavelength grid, instrument and noise knobs of the simulated LAMOST LRS spectra."""
 
-    wave_min: float = 3700.0
-    wave_max: float = 9000.0
-    dlog10: float = 1e-4
+    wave_min: float = LAMOST_GRID_MIN_A     # the store's grid (desa_core.data.store)
+    wave_max: float = LAMOST_GRID_MAX_A
+    dlog10: float = LAMOST_GRID_DLOG10
     resolution: float = 1800.0           # lambda / FWHM of the (Gaussian) line-spread function
 
     # Noise: per-pixel S/N in 4000-5500 A = snr_g12 * 10^(-0.2 (G - 12)) * lognormal(observing conditions)
@@ -89,7 +92,7 @@ class SpectrumConfig:
 
     @property
     def n_pixels(self) -> int:
-        return int(np.floor((np.log10(self.wave_max) - np.log10(self.wave_min)) / self.dlog10 + 1e-9)) + 1
+        return log_lambda_pixels(self.wave_min, self.wave_max, self.dlog10)
 
     @property
     def velocity_per_pixel(self) -> float:
@@ -106,7 +109,7 @@ def lamost_wavelength_grid(cfg: SpectrumConfig | None = None) -> np.ndarray:
     if not (0 < cfg.wave_min < cfg.wave_max) or cfg.dlog10 <= 0:
         raise ValueError(f"SpectrumConfig: need 0 < wave_min < wave_max and dlog10 > 0 "
                          f"(got {cfg.wave_min}, {cfg.wave_max}, {cfg.dlog10})")
-    return 10.0 ** (np.log10(cfg.wave_min) + cfg.dlog10 * np.arange(cfg.n_pixels))
+    return log_lambda_grid(cfg.wave_min, cfg.wave_max, cfg.dlog10)
 
 
 def air_to_vacuum(wave_air) -> np.ndarray:
