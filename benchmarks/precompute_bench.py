@@ -9,8 +9,14 @@ benchmark set of N stars; and, given a trained run, the embedding throughput of 
 The pipeline runs in a child process (``python -m precompute``-equivalent) so its peak RSS is measured alone.
 Embedding throughput: ``Embedder.embed_store`` on the first ``--embed-stars`` stars of the survey after one
 warm-up batch, torch limited to ``--threads`` threads (preprocessing included, as in `desa precompute`);
-without ``--run``, the ``--config`` model with untrained weights (identical cost).
-Writes one JSON document (default benchmarks/results/precompute_<n>.json).
+without ``--run``, the ``--config`` model with untrained weights (identical cost). "fresh" is the path of
+stars the run never saw (``reuse_features=False``: every star preprocessed and through both encoders),
+timed with embed_store's default prefetch choice and with the background prefetch forced on and off;
+"reused" is the run's own training survey (saved encoder features, DualFormer only). In the same run, unless
+``--no-before``: the same stars through the per-star code from before the batch preprocessing
+(benchmarks/legacy_preprocess.py) and the same model, and the preprocessing alone per star vs in batches,
+with the largest difference between their outputs: on a shared machine only same-run ratios compare.
+Writes one JSON document (default benchmarks/results/precompute_<n>.json, or embedding.json).
 """
 from __future__ import annotations
 
@@ -28,6 +34,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
 
 
 def _child(n: int, out: str, dims: str, seed: int, index_kind: str = "auto") -> None:
@@ -90,30 +99,125 @@ def _untrained_embedder(config: str):
     return Embedder(cfg, lc, sp, df, "untrained", "cpu")
 
 
+def _legacy_embed(emb, store, rows, batch_size: int) -> np.ndarray:
+    """``embed_store(reuse_features=False)`` as it was before the batch preprocessing: a per-star loop of the
+    old preprocessing (benchmarks/legacy_preprocess.py), then the same model. Returns the DESA embeddings."""
+    import legacy_preprocess as legacy
+    from desa_core.data.preprocess import RV_COLUMN
+    cat, pcfg = store.catalog, emb.config.preprocess
+    lc_row, sp_row = cat["lc_row"].to_numpy(np.int64), cat["spec_row"].to_numpy(np.int64)
+    abs_g, rv = cat["abs_g"].to_numpy(np.float64), cat[RV_COLUMN].to_numpy(np.float64)
+    out = []
+    for i in range(0, len(rows), batch_size):
+        b = rows[i:i + batch_size]
+        lcs, sps = [], []
+        for r in b:
+            x = y = None
+            try:
+                if lc_row[r] >= 0:
+                    x = legacy.preprocess_light_curve(store.time, np.asarray(store.light_curves[lc_row[r]]),
+                                                      abs_g[r], pcfg)
+            except ValueError:
+                pass
+            try:
+                if sp_row[r] >= 0:
+                    y = legacy.preprocess_spectrum(store.wavelength, np.asarray(store.spectra_flux[sp_row[r]]),
+                                                   np.asarray(store.spectra_ivar[sp_row[r]]),
+                                                   rv[r] if np.isfinite(rv[r]) else 0.0, pcfg)
+            except ValueError:
+                pass
+            lcs.append(x)
+            sps.append(y)
+        out.append(emb._embed_batch(lcs, sps, emb._labels_for(cat, b))["desa"])
+    return np.concatenate(out)
+
+
+def bench_preprocessing(store, pcfg, n: int, batch_size: int) -> dict:
+    """Seconds per 1000 stars of the old per-star preprocessing and of the batch functions, on the same
+    stars' arrays (read into memory first), and the largest difference between their outputs."""
+    import legacy_preprocess as legacy
+    from desa_core.data.preprocess import RV_COLUMN, preprocess_light_curves, preprocess_spectra
+    cat = store.catalog.iloc[:n]
+    lc_rows = cat["lc_row"].to_numpy(np.int64)
+    sp_rows = cat["spec_row"].to_numpy(np.int64)
+    has_l, has_s = lc_rows >= 0, sp_rows >= 0
+    lc = np.asarray(store.light_curves[lc_rows[has_l]])
+    flux, ivar = np.asarray(store.spectra_flux[sp_rows[has_s]]), np.asarray(store.spectra_ivar[sp_rows[has_s]])
+    abs_g = cat["abs_g"].to_numpy(np.float64)[has_l]
+    rv = np.nan_to_num(cat[RV_COLUMN].to_numpy(np.float64)[has_s])
+    t = time.perf_counter()
+    old_lc = np.stack([legacy.preprocess_light_curve(store.time, f, m, pcfg) for f, m in zip(lc, abs_g)])
+    t_old_lc = time.perf_counter() - t
+    t = time.perf_counter()
+    old_sp = np.stack([legacy.preprocess_spectrum(store.wavelength, f, v, r, pcfg) for f, v, r in zip(flux, ivar, rv)])
+    t_old_sp = time.perf_counter() - t
+    t = time.perf_counter()
+    new_lc = np.concatenate([preprocess_light_curves(store.time, lc[i:i + batch_size], abs_g[i:i + batch_size],
+                                                     pcfg)[0] for i in range(0, len(lc), batch_size)])
+    t_new_lc = time.perf_counter() - t
+    t = time.perf_counter()
+    new_sp = np.concatenate([preprocess_spectra(store.wavelength, flux[i:i + batch_size], ivar[i:i + batch_size],
+                                                rv[i:i + batch_size], pcfg)[0]
+                             for i in range(0, len(flux), batch_size)])
+    t_new_sp = time.perf_counter() - t
+    per_k = lambda dt, m: round(dt / max(m, 1) * 1000, 3)  # noqa: E731
+    return {"light_curves": len(lc), "spectra": len(flux),
+            "per_star_s_per_1000": {"light_curve": per_k(t_old_lc, len(lc)), "spectrum": per_k(t_old_sp, len(flux))},
+            "batch_s_per_1000": {"light_curve": per_k(t_new_lc, len(lc)), "spectrum": per_k(t_new_sp, len(flux))},
+            "speedup": {"light_curve": round(t_old_lc / t_new_lc, 2), "spectrum": round(t_old_sp / t_new_sp, 2)},
+            "max_abs_diff_vs_per_star": {"light_curve": float(np.abs(old_lc - new_lc).max()),
+                                         "spectrum": float(np.abs(old_sp - new_sp).max())}}
+
+
 def bench_embedding(survey: str, run: str | None, n_stars: int, threads: int, batch_size: int,
-                    config: str = "small") -> dict:
-    import numpy as np
+                    config: str = "small", legacy: bool = True) -> dict:
     import torch
+    from threadpoolctl import threadpool_limits
     from desa_core.data.store import SurveyStore
     from desa_core.models.inference import Embedder
     torch.set_num_threads(threads)
     store = SurveyStore.open(survey)
     emb = Embedder.from_run(run, device="cpu") if run else _untrained_embedder(config)
     n = min(n_stars, len(store))
+    rows = np.arange(n)
     out = {"survey": survey, "run": run or f"none: untrained {config} weights (same cost)",
            "config": emb.config_name, "dims": emb.dims, "stars": n, "threads": threads, "batch_size": batch_size,
-           "device": "cpu"}
-    # "fresh": every star preprocessed and run through both encoders (a new survey); "reused": the survey the
-    # run was trained on, whose encoder features the run saved (only the DualFormer runs).
-    for mode, kw in (("fresh", {"reuse_features": False}), ("reused", {"reuse_features": True})):
-        if mode == "reused" and not run:
-            continue
-        emb.embed_store(store, rows=np.arange(min(batch_size, n)), batch_size=batch_size, progress=False, **kw)
+           "device": "cpu", "load_before": [round(x, 2) for x in os.getloadavg()]}
+    # "fresh": every star preprocessed and run through both encoders (a new survey), with the background
+    # prefetch that embed_store chooses by default, and with it forced on and off; "reused": the survey the
+    # run was trained on, whose encoder features the run saved (only the DualFormer runs);
+    # "fresh_per_star_before": the same stars through the code as it was before the batch preprocessing, in
+    # the same run (the machine is shared: compare within a run).
+    emb.embed_store(store, rows=rows[:batch_size], batch_size=batch_size, progress=False, reuse_features=False)
+    fresh = {}
+    for prefetch in (None, True, False):
         t = time.perf_counter()
-        emb.embed_store(store, rows=np.arange(n), batch_size=batch_size, progress=False, **kw)
+        fresh[prefetch] = emb.embed_store(store, rows=rows, batch_size=batch_size, progress=False,
+                                          reuse_features=False, prefetch=prefetch)["desa"]
         dt = time.perf_counter() - t
-        out[f"{mode}_seconds"] = round(dt, 2)
-        out[f"{mode}_stars_per_s"] = round(n / dt, 1)
+        key = {None: "fresh", True: "fresh_prefetch", False: "fresh_no_prefetch"}[prefetch]
+        out[f"{key}_seconds"] = round(dt, 2)
+        out[f"{key}_stars_per_s"] = round(n / dt, 1)
+    out["prefetch_default"] = emb._prefetch_default()
+    if legacy:
+        with threadpool_limits(limits=1, user_api="blas"):
+            t = time.perf_counter()
+            before = _legacy_embed(emb, store, rows, batch_size)
+            dt = time.perf_counter() - t
+        out["fresh_per_star_before_seconds"] = round(dt, 2)
+        out["fresh_per_star_before_stars_per_s"] = round(n / dt, 1)
+        out["speedup_vs_before"] = round(out["fresh_stars_per_s"] / out["fresh_per_star_before_stars_per_s"], 2)
+        out["desa_max_abs_diff_vs_before"] = float(np.abs(before - fresh[None]).max())
+        with threadpool_limits(limits=1, user_api="blas"):
+            out["preprocessing"] = bench_preprocessing(store, emb.config.preprocess, n, batch_size)
+    if run:
+        emb.embed_store(store, rows=rows[:batch_size], batch_size=batch_size, progress=False)
+        t = time.perf_counter()
+        emb.embed_store(store, rows=rows, batch_size=batch_size, progress=False)
+        dt = time.perf_counter() - t
+        out["reused_seconds"] = round(dt, 2)
+        out["reused_stars_per_s"] = round(n / dt, 1)
+    out["load_after"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
 
@@ -130,6 +234,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--embed-only", action="store_true")
+    p.add_argument("--no-before", action="store_true",
+                   help="skip timing the per-star code from before the batch preprocessing")
     p.add_argument("--config", default="small", help="with --survey but no --run: time this config untrained")
     p.add_argument("--out", default=None)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -143,7 +249,8 @@ def main(argv=None) -> int:
     if not a.embed_only:
         doc["pipeline"] = bench_pipeline(a.n, a.dims, a.keep, a.seed, a.index_kind)
     if a.survey:
-        doc["embedding"] = bench_embedding(a.survey, a.run, a.embed_stars, a.threads, a.batch_size, a.config)
+        doc["embedding"] = bench_embedding(a.survey, a.run, a.embed_stars, a.threads, a.batch_size, a.config,
+                                           legacy=not a.no_before)
     name = "embedding" if a.embed_only else f"precompute_{a.n}_{a.dims}"
     out = Path(a.out or Path(__file__).parent / "results" / f"{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -122,9 +122,10 @@ def test_spectra_encoder_and_masked_reconstruction_reaches_the_conformer():
 @pytest.mark.parametrize("attention_type", ["cross_self", "cross", "self"])
 @pytest.mark.parametrize("projection_type", ["transpose", "same"])
 @pytest.mark.parametrize("symmetric_A", [True, False])
-def test_dualformer_shapes_finite_and_trainable(attention_type, projection_type, symmetric_A):
+@pytest.mark.parametrize("readout", [("per_feature", "pool_then_norm"), ("shared", "norm_then_pool")])
+def test_dualformer_shapes_finite_and_trainable(attention_type, projection_type, symmetric_A, readout):
     cfg = tiny_dualformer(attention_type=attention_type, projection_type=projection_type, symmetric_A=symmetric_A,
-                          cross_cov=True, variance_term=True)
+                          cross_cov=True, variance_term=True, token_lifting=readout[0], pooling=readout[1])
     torch.manual_seed(0)
     m = DualFormer(cfg, d_spec=12, d_lc=10)
     out = m(*random_batch())
@@ -148,6 +149,37 @@ def test_cross_attention_mixes_streams_and_self_only_does_not():
         a = m(z_s, z_l, has_s, has_l)["h_s"]
         b = m(z_s, z_l + 1.0, has_s, has_l)["h_s"]
         assert (not torch.allclose(a, b)) == mixes
+
+
+def test_default_readout_keeps_what_the_features_carry():
+    """An untrained DualFormer's embedding must still hold its input features linearly (docs/model.md): the
+    default per-feature lifting with LayerNorm after pooling does; the paper's shared lifting with a
+    LayerNorm per scalar token loses much of it."""
+    from sklearn.linear_model import RidgeCV
+    gen = torch.Generator().manual_seed(1)
+    n = 600
+    z_s, z_l = torch.randn(n, 12, generator=gen), torch.randn(n, 10, generator=gen)
+    has = torch.ones(n, dtype=torch.bool)
+    r2 = {}
+    for readout in (("per_feature", "pool_then_norm"), ("shared", "norm_then_pool")):
+        torch.manual_seed(0)
+        m = DualFormer(tiny_dualformer(dim=32, heads=4, token_lifting=readout[0], pooling=readout[1]), 12, 10)
+        m.finalize()
+        with torch.no_grad():
+            emb = m.eval()(z_s, z_l, has, has)["embedding"].numpy()
+        target = torch.cat([z_s, z_l], 1).numpy()
+        fit, score = slice(0, 400), slice(400, n)
+        r2[readout[0]] = np.mean([RidgeCV(alphas=np.logspace(-3, 3, 7)).fit(emb[fit], t[fit]).score(emb[score], t[score])
+                                  for t in target.T])
+    assert r2["per_feature"] > 0.8, r2
+    assert r2["per_feature"] > r2["shared"] + 0.2, r2
+
+
+def test_dualformer_config_rejects_unknown_readout():
+    with pytest.raises(ValueError, match="token_lifting"):
+        DualFormerConfig(token_lifting="per_token")
+    with pytest.raises(ValueError, match="pooling"):
+        DualFormerConfig(pooling="max")
 
 
 def reference_alignment_loss(h_s, h_l, A, projection_type, cov_weight=0.5, duality_weight=0.5):

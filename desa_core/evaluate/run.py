@@ -57,6 +57,8 @@ ABLATIONS = {
     "desa_same_A": {"projection_type": "same", "symmetric_A": False},
     "desa_cross_cov": {"cross_cov": True},
     "desa_variance": {"variance_term": True},
+    "desa_contrastive": {"contrastive_term": True},
+    "desa_paper_readout": {"token_lifting": "shared", "pooling": "norm_then_pool"},
     "desa_label_conditioned": {"label_conditioned": True},
 }
 NO_ABSMAG_KEY = "desa_no_absmag"
@@ -65,7 +67,8 @@ ABLATION_MAX_EPOCHS = 12
 NO_ABSMAG_FEATURES = "features_no_absmag.npz"
 
 MODEL_DESCRIPTIONS = {
-    "desa": "DESA (DualFormer cross+self attention, A/A^T, label-free); heads on [p_s; p_l]",
+    "desa": ("DESA (DualFormer cross+self attention, A/A^T, label-free; the run's config, readout included); "
+             "heads on [p_s; p_l]"),
     "lc_only": "frozen light-curve feature z_lc",
     "spec_only": "frozen spectra feature z_spec",
     "concat": "[z_lc; z_spec], each standardised",
@@ -80,6 +83,9 @@ MODEL_DESCRIPTIONS = {
     "desa_same_A": "DESA ablation: unconstrained A, p_l = A h_l (A for both streams; compare with desa_general_A)",
     "desa_cross_cov": "DESA ablation: + cross-covariance term",
     "desa_variance": "DESA ablation: + variance (std hinge) term",
+    "desa_contrastive": "DESA ablation: + cross-modal InfoNCE term between p_s and p_l",
+    "desa_paper_readout": ("DESA ablation: the paper's readout (one shared scalar lifting, LayerNorm per token "
+                           "before pooling)"),
     "desa_label_conditioned": ("LEAKS LABELS: DESA with catalogue " + ", ".join(CONDITIONING_LABELS)
                                + " appended to h (the public code's configuration)"),
     NO_ABSMAG_KEY: "DESA ablation: light-curve encoder without the absolute-magnitude channel",

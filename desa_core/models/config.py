@@ -104,15 +104,30 @@ class DualFormerConfig:
     cross_cov_weight: float = 0.5
     variance_term: bool = False           # VICReg-style std hinge on p_s and p_l (never on upstream)
     variance_weight: float = 0.5
+    contrastive_term: bool = False        # cross-modal InfoNCE between p_s and p_l of the same star
+    contrastive_weight: float = 1.0
+    contrastive_temperature: float = 0.1
     label_conditioned: bool = False       # NAMED LEAKAGE ABLATION: append CONDITIONING_LABELS to h. Never default.
     modality_dropout: float = 0.15        # train the placeholder stream: hide one modality of some stars
     dropout: float = 0.0
+    # Readout switches (docs/model.md, "DualFormer readout"). The paper (these defaults) lifts every scalar
+    # with one shared Linear(1 -> dim) and LayerNorms each token before mean pooling; that loses what the
+    # features carry, because a LayerNorm of z * w + b is nearly a function of sign(z) (Teff R^2 0.96 from the
+    # features, 0.85 through an untrained DualFormer). The `small` config uses a weight and a bias per feature
+    # (FT-Transformer, Gorishniy et al. 2021) and LayerNorm after pooling. Runs trained before these switches
+    # existed have neither key in their manifest and load with these defaults, which is what they used.
+    token_lifting: str = "shared"         # 'shared': Linear(1 -> dim) (paper) | 'per_feature': z_i w_i + b_i
+    pooling: str = "norm_then_pool"       # 'norm_then_pool' (paper) | 'pool_then_norm'
 
     def __post_init__(self):
         if self.attention_type not in ("cross_self", "cross", "self"):
             raise ValueError(f"attention_type must be cross_self, cross or self, not {self.attention_type!r}")
         if self.projection_type not in ("transpose", "same"):
             raise ValueError(f"projection_type must be transpose or same, not {self.projection_type!r}")
+        if self.token_lifting not in ("per_feature", "shared"):
+            raise ValueError(f"token_lifting must be per_feature or shared, not {self.token_lifting!r}")
+        if self.pooling not in ("pool_then_norm", "norm_then_pool"):
+            raise ValueError(f"pooling must be pool_then_norm or norm_then_pool, not {self.pooling!r}")
         if self.dim % self.heads:
             raise ValueError(f"dualformer dim {self.dim} is not divisible by heads {self.heads}")
 

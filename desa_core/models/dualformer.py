@@ -2,12 +2,15 @@
 
 Method section 4, label-free by default:
 
-- each feature vector is read as a sequence of scalar tokens; one shared ``Linear(1 -> dim)`` lifts every
-  value; rotary positions run over the feature index;
+- each feature vector is read as a sequence of scalar tokens, lifted by the paper's one shared
+  ``Linear(1 -> dim)`` (``token_lifting='shared'``) or by a weight and a bias per feature, ``z_i w_i + b_i``
+  (``'per_feature'``, the `small` config); rotary positions run over the feature index;
 - pre-norm blocks; for the spectra stream ``a_s = Out_s(Attn(q_s, k_l, v_l) + Attn(q_s, k_s, v_s))`` (one
   query for the cross and the self term), symmetric for the light-curve stream; residual; a separate FFN per
   stream. ``attention_type`` 'cross' / 'self' keep one of the two terms (ablations);
-- final LayerNorm and mean pooling -> h_s, h_l;
+- final LayerNorm per token, then mean pooling -> h_s, h_l (``pooling='norm_then_pool'``, the paper), or mean
+  pooling, then LayerNorm (``'pool_then_norm'``, the `small` config): a LayerNorm of one lifted scalar is
+  nearly sign(z_i), so the paper's order loses what the features carry (docs/model.md);
 - one bias-free square matrix A (symmetric by default: A = (W + W^T)/2), p_s = A h_s, p_l = A^T h_l
   ('transpose') or A h_l ('same');
 - loss (:func:`alignment_loss`): ``0.5 mean_b (h_s^T A h_s - h_l^T A h_l)^2 + 0.5 L_cov`` with L_cov the
@@ -94,7 +97,14 @@ class DualFormer(nn.Module):
         super().__init__()
         self.cfg, self.d_spec, self.d_lc = cfg, int(d_spec), int(d_lc)
         self.n_labels = len(CONDITIONING_LABELS) if cfg.label_conditioned else 0
-        self.lift = nn.Linear(1, cfg.dim)
+        if cfg.token_lifting == "shared":
+            self.lift = nn.Linear(1, cfg.dim)
+        else:
+            # Per-feature weight and bias; the scale matches nn.Linear(1, dim)'s default U(-1, 1) init.
+            self.lift_weight = nn.ParameterDict({"s": nn.Parameter(torch.empty(self.d_spec, cfg.dim).uniform_(-1, 1)),
+                                                 "l": nn.Parameter(torch.empty(self.d_lc, cfg.dim).uniform_(-1, 1))})
+            self.lift_bias = nn.ParameterDict({"s": nn.Parameter(torch.empty(self.d_spec, cfg.dim).uniform_(-1, 1)),
+                                               "l": nn.Parameter(torch.empty(self.d_lc, cfg.dim).uniform_(-1, 1))})
         self.blocks = nn.ModuleList(DualBlock(cfg) for _ in range(cfg.depth))
         self.final_norm = nn.ModuleDict({s: nn.LayerNorm(cfg.dim) for s in "sl"})
         self.placeholder_spec = nn.Parameter(torch.zeros(self.d_spec))
@@ -129,19 +139,25 @@ class DualFormer(nn.Module):
             getattr(self, f"{name}_mean").copy_(torch.nan_to_num(mu))
             getattr(self, f"{name}_std").copy_(torch.where(torch.isfinite(sd) & (sd > 1e-6), sd, torch.ones_like(sd)))
 
-    def _stream(self, z, has, mean, std, placeholder):
+    def _stream(self, which, z, has, mean, std, placeholder):
         z = (z - mean) / std
         z = torch.where(has[:, None], z, placeholder[None, :].to(z.dtype))
-        return self.lift(z.unsqueeze(-1))
+        if self.cfg.token_lifting == "shared":
+            return self.lift(z.unsqueeze(-1))
+        return z.unsqueeze(-1) * self.lift_weight[which] + self.lift_bias[which]
+
+    def _pool(self, which, x):
+        if self.cfg.pooling == "pool_then_norm":
+            return self.final_norm[which](x.mean(1))
+        return self.final_norm[which](x).mean(1)
 
     def forward(self, z_spec: torch.Tensor, z_lc: torch.Tensor, has_spec: torch.Tensor, has_lc: torch.Tensor,
                 labels: torch.Tensor | None = None) -> dict:
-        xs = self._stream(z_spec, has_spec, self.spec_mean, self.spec_std, self.placeholder_spec)
-        xl = self._stream(z_lc, has_lc, self.lc_mean, self.lc_std, self.placeholder_lc)
+        xs = self._stream("s", z_spec, has_spec, self.spec_mean, self.spec_std, self.placeholder_spec)
+        xl = self._stream("l", z_lc, has_lc, self.lc_mean, self.lc_std, self.placeholder_lc)
         for blk in self.blocks:
             xs, xl = blk(xs, xl)
-        h_s = self.final_norm["s"](xs).mean(1)
-        h_l = self.final_norm["l"](xl).mean(1)
+        h_s, h_l = self._pool("s", xs), self._pool("l", xl)
         if self.n_labels:
             if labels is None:
                 raise ValueError("this DualFormer is the label_conditioned ablation: it needs labels "
@@ -206,5 +222,14 @@ def alignment_loss(out: dict, cfg: DualFormerConfig) -> dict:
         var = 0.5 * (F.relu(1 - torch.sqrt(cs.var(0) + 1e-4)).mean() + F.relu(1 - torch.sqrt(cl.var(0) + 1e-4)).mean())
         terms["variance"] = var
         loss = loss + cfg.variance_weight * var
+    if cfg.contrastive_term:
+        # Symmetric InfoNCE (CLIP, Radford et al. 2021): the spectrum of a star must pick out that star's light
+        # curve among the batch and vice versa. Unlike the duality term it cannot be met by collapse.
+        zs, zl = F.normalize(p_s, dim=-1), F.normalize(p_l, dim=-1)
+        logits = zs @ zl.T / cfg.contrastive_temperature
+        target = torch.arange(b, device=logits.device)
+        nce = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        terms["contrastive"] = nce
+        loss = loss + cfg.contrastive_weight * nce
     terms["loss"] = loss
     return terms

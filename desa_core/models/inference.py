@@ -13,13 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from desa_core.data.preprocess import RV_COLUMN, preprocess_light_curve, preprocess_spectrum
+from desa_core.data.preprocess import (RV_COLUMN, preprocess_light_curve, preprocess_light_curves,
+                                       preprocess_spectra, preprocess_spectrum)
 from desa_core.models.config import DesaConfig, config_from_dict
 from desa_core.models.dualformer import DualFormer, conditioning_labels
 from desa_core.models.light_curve_encoder import LightCurveEncoder
@@ -37,6 +41,15 @@ def _load_state(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- an unreadable file is a user error naming the file
         raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _column(cat, name: str, missing: float) -> np.ndarray:
+    """A float catalogue column, or ``missing`` everywhere when the catalogue lacks it."""
+    return cat[name].to_numpy(np.float64) if name in cat.columns else np.full(len(cat), missing)
 
 
 def _sub_state(state: dict, prefix: str) -> dict:
@@ -91,20 +104,18 @@ class Embedder:
 
     # ------------------------------------------------------------------------------------------- internals
     @torch.no_grad()
-    def _embed_batch(self, lc_inputs, spec_inputs, labels=None) -> dict:
-        """Lists (None where missing) of preprocessed inputs -> dict of (n, d) float32 arrays."""
-        n = len(lc_inputs)
-        d_lc, d_sp = self.dims["light_curve"], self.dims["spectrum"]
-        z_lc = torch.zeros(n, d_lc)
-        z_sp = torch.zeros(n, d_sp)
-        has_lc = torch.tensor([x is not None for x in lc_inputs], dtype=torch.bool)
-        has_sp = torch.tensor([x is not None for x in spec_inputs], dtype=torch.bool)
+    def _embed_arrays(self, x_lc, has_lc, x_sp, has_sp, labels=None) -> dict:
+        """Preprocessed inputs of the stars that have each modality (``x_lc`` (n_lc, 4, L) for the True rows
+        of ``has_lc`` (n,), likewise spectra) -> dict of (n, d) float32 arrays, NaN rows where missing."""
+        n = len(has_lc)
+        has_lc = torch.as_tensor(np.asarray(has_lc, dtype=bool))
+        has_sp = torch.as_tensor(np.asarray(has_sp, dtype=bool))
+        z_lc = torch.zeros(n, self.dims["light_curve"])
+        z_sp = torch.zeros(n, self.dims["spectrum"])
         if has_lc.any():
-            x = torch.from_numpy(np.stack([a for a in lc_inputs if a is not None])).to(self.device)
-            z_lc[has_lc] = self.lc_encoder(x).float().cpu()
+            z_lc[has_lc] = self.lc_encoder(torch.from_numpy(x_lc).to(self.device)).float().cpu()
         if has_sp.any():
-            x = torch.from_numpy(np.stack([a for a in spec_inputs if a is not None])).to(self.device)
-            z_sp[has_sp] = self.spec_encoder(x).float().cpu()
+            z_sp[has_sp] = self.spec_encoder(torch.from_numpy(x_sp).to(self.device)).float().cpu()
         lab = None if labels is None else torch.as_tensor(labels, dtype=torch.float32).to(self.device)
         out = self.dualformer(z_sp.to(self.device), z_lc.to(self.device), has_sp.to(self.device),
                               has_lc.to(self.device), labels=lab)
@@ -112,6 +123,14 @@ class Embedder:
         lc_np[~has_lc.numpy()] = np.nan
         sp_np[~has_sp.numpy()] = np.nan
         return {"desa": out["embedding"].float().cpu().numpy(), "light_curve": lc_np, "spectrum": sp_np}
+
+    def _embed_batch(self, lc_inputs, spec_inputs, labels=None) -> dict:
+        """Lists (None where missing) of preprocessed inputs -> dict of (n, d) float32 arrays."""
+        def stack(xs):
+            have = [x is not None for x in xs]
+            return (np.stack([x for x in xs if x is not None]) if any(have) else None), have
+        (x_lc, has_lc), (x_sp, has_sp) = stack(lc_inputs), stack(spec_inputs)
+        return self._embed_arrays(x_lc, has_lc, x_sp, has_sp, labels)
 
     def _labels_for(self, catalog, rows):
         return conditioning_labels(catalog, rows) if self.dualformer.n_labels else None
@@ -151,13 +170,51 @@ class Embedder:
         return {k: (np.concatenate(v) if v else np.zeros((0, self.dims[k]), np.float32)).astype(np.float32)
                 for k, v in parts.items()}
 
+    def _prepare_store_batch(self, store, stars, columns) -> tuple:
+        """Preprocess the stars at catalogue positions ``stars`` of a store as one batch per modality ->
+        the arguments of :meth:`_embed_arrays`. A star whose light curve or spectrum is unusable gets a
+        warning naming it and is embedded without that modality."""
+        pcfg = self.config.preprocess
+        x_lc = x_sp = None
+        has_lc = columns["lc_row"][stars] >= 0
+        has_sp = columns["spec_row"][stars] >= 0
+        if has_lc.any():
+            s = stars[has_lc]
+            flux = np.asarray(store.light_curves[columns["lc_row"][s]])
+            x_lc, problems = preprocess_light_curves(store.time, flux, columns["abs_g"][s], pcfg)
+            x_lc = self._drop_unusable(x_lc, problems, has_lc, columns["star_id"][s], "light curve")
+        if has_sp.any():
+            s = stars[has_sp]
+            rows = columns["spec_row"][s]
+            x_sp, problems = preprocess_spectra(store.wavelength, np.asarray(store.spectra_flux[rows]),
+                                                np.asarray(store.spectra_ivar[rows]), columns["rv"][s], pcfg)
+            x_sp = self._drop_unusable(x_sp, problems, has_sp, columns["star_id"][s], "spectrum")
+        return x_lc, has_lc, x_sp, has_sp, self._labels_for(store.catalog, stars)
+
+    @staticmethod
+    def _drop_unusable(x, problems, has, star_ids, what):
+        bad = np.array([p is not None for p in problems])
+        for i in np.flatnonzero(bad):
+            log.warning("star %s: %s unusable (%s)", star_ids[i], what, problems[i])
+        has[np.flatnonzero(has)[bad]] = False
+        return x[~bad]
+
+    def _prefetch_default(self) -> bool:
+        return self.device.type == "cpu" and _usable_cores() > torch.get_num_threads()
+
     def embed_store(self, store, rows=None, batch_size: int = 256, progress: bool = True,
-                    reuse_features: bool = True) -> dict:
+                    reuse_features: bool = True, prefetch: bool | None = None) -> dict:
         """Embed stars of a SurveyStore (catalogue positions ``rows``, default all) -> dict of float32 arrays.
 
         For the survey the run was trained on (same store manifest), the encoder features saved by training
         (RUN/features.npz, computed from the same preprocessing) are reused and only the DualFormer runs;
-        ``reuse_features=False`` recomputes everything from the raw arrays.
+        ``reuse_features=False`` recomputes everything from the raw arrays, a batch of stars at a time
+        (:func:`~desa_core.data.preprocess.preprocess_light_curves`, ``preprocess_spectra``).
+        ``prefetch``: preprocess the next batch in a background thread while the model runs on this one.
+        None chooses: on when the model runs on the CPU and torch leaves a core free
+        (``torch.get_num_threads()`` < usable cores), else off. Measured (docs/precompute.md): it pays on an
+        idle machine with torch at 1 thread of 2 cores; with torch on every core, on a machine whose other
+        core is busy, and with a GPU (whose kernel launches then wait for the interpreter lock) it costs.
         """
         cat = store.catalog
         rows = np.arange(len(cat)) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -165,37 +222,33 @@ class Embedder:
         if feats is not None:
             log.info("embedding %d stars from the run's saved encoder features", len(rows))
             return self._embed_features(feats, rows, self._labels_for(cat, rows), batch_size)
-        pcfg = self.config.preprocess
-        lc_row = cat["lc_row"].to_numpy(np.int64)
-        sp_row = cat["spec_row"].to_numpy(np.int64)
-        abs_g = cat["abs_g"].to_numpy(np.float64) if "abs_g" in cat.columns else np.full(len(cat), np.nan)
-        rv = cat[RV_COLUMN].to_numpy(np.float64) if RV_COLUMN in cat.columns else np.zeros(len(cat))
+        columns = {"lc_row": cat["lc_row"].to_numpy(np.int64), "spec_row": cat["spec_row"].to_numpy(np.int64),
+                   "star_id": cat["star_id"].to_numpy(),
+                   "abs_g": _column(cat, "abs_g", np.nan), "rv": _column(cat, RV_COLUMN, 0.0)}
+        if prefetch is None:
+            prefetch = self._prefetch_default()
         parts = {"desa": [], "light_curve": [], "spectrum": []}
-        chunks = range(0, len(rows), batch_size)
-        for i in tqdm(chunks, desc="embedding stars", disable=not progress or len(chunks) < 2, mininterval=2.0):
-            b = rows[i:i + batch_size]
-            lcs, sps = [], []
-            for r in b:
-                x = None
-                if lc_row[r] >= 0:
-                    try:
-                        x = preprocess_light_curve(store.time, np.asarray(store.light_curves[lc_row[r]]), abs_g[r],
-                                                   pcfg)
-                    except ValueError as e:
-                        log.warning("star %s: light curve unusable (%s)", cat["star_id"].iat[r], e)
-                lcs.append(x)
-                y = None
-                if sp_row[r] >= 0:
-                    try:
-                        y = preprocess_spectrum(store.wavelength, np.asarray(store.spectra_flux[sp_row[r]]),
-                                                np.asarray(store.spectra_ivar[sp_row[r]]),
-                                                rv[r] if np.isfinite(rv[r]) else 0.0, pcfg)
-                    except ValueError as e:
-                        log.warning("star %s: spectrum unusable (%s)", cat["star_id"].iat[r], e)
-                sps.append(y)
-            out = self._embed_batch(lcs, sps, self._labels_for(cat, b))
-            for k in parts:
-                parts[k].append(out[k])
+        batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        # With prefetch, numpy preprocesses the next batch in a background thread while torch runs the model
+        # on this one (both release the GIL in their heavy loops). BLAS at one thread: the preprocessing's
+        # small matrix products gain nothing from more, and an idle BLAS thread team spins, slowing the rest.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="desa-preprocess") as pool, \
+                threadpool_limits(limits=1, user_api="blas"):
+            def start(b):
+                if prefetch:
+                    return pool.submit(self._prepare_store_batch, store, b, columns)
+                done = Future()
+                done.set_result(self._prepare_store_batch(store, b, columns))
+                return done
+            ahead = start(batches[0]) if batches else None
+            for k in tqdm(range(len(batches)), desc="embedding stars", disable=not progress or len(batches) < 2,
+                          mininterval=2.0):
+                inputs = ahead.result()
+                if k + 1 < len(batches):
+                    ahead = start(batches[k + 1])
+                out = self._embed_arrays(*inputs)
+                for key in parts:
+                    parts[key].append(out[key])
         return {k: (np.concatenate(v) if v else np.zeros((0, self.dims[k]), np.float32)).astype(np.float32)
                 for k, v in parts.items()}
 

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from desa_core.data.preprocess import (RV_COLUMN, clean_light_curve, light_curve_channels,
-                                       preprocess_spectrum, spectrum_snr)
+from desa_core.data.preprocess import (RV_COLUMN, clean_light_curves, light_curve_channels,
+                                       preprocess_spectra, spectrum_snr)
 from desa_core.data.store import SurveyStore, atomic_write_bytes, atomic_write_json, sha256_file
 from desa_core.models.config import DesaConfig
 from desa_core.models.dualformer import conditioning_labels  # noqa: F401 -- also used by desa_core.evaluate
@@ -237,20 +237,27 @@ def _build_cache(ctx: RunContext, d: Path, key: str) -> None:
     t0 = time.perf_counter()
     n_lc, n_spec = store.light_curves.shape[0], store.spectra_flux.shape[0]
     log.info("preprocessing %d light curves and %d spectra into %s", n_lc, n_spec, d)
-    cleaned, lc_ok = [], np.zeros(n_lc, bool)
-    for r in tqdm(range(n_lc), desc="light curves", disable=n_lc < 500, mininterval=2.0):
+    # A block of stars at a time through the batch functions (the store's stars share one time grid and one
+    # wavelength grid); a star that cannot be used is skipped with a warning.
+    chunk = 512
+    lc_ok = np.zeros(n_lc, bool)
+    lcs = np.zeros((n_lc, 0), np.float32)
+    for i in tqdm(range(0, n_lc, chunk), desc="light curves", disable=n_lc < 500, mininterval=2.0):
         try:
-            cleaned.append(clean_light_curve(store.time, store.light_curves[r], pcfg,
-                                             what=f"{store.path}: light-curve row {r}"))
-            lc_ok[r] = True
-        except ValueError as e:
+            x, problems = clean_light_curves(store.time, np.asarray(store.light_curves[i:i + chunk]), pcfg,
+                                             what=f"{store.path}: light curves")
+        except ValueError as e:          # the shared time grid itself: no light curve is usable
             log.warning("skipping %s", e)
-            cleaned.append(np.zeros(0, np.float32))
-    t_len = max((len(c) for c in cleaned), default=0)
-    lcs = np.zeros((n_lc, t_len), np.float32)
-    for r, c in enumerate(cleaned):
-        lcs[r, :len(c)] = c
-    del cleaned
+            continue
+        if lcs.shape[1] == 0:
+            lcs = np.zeros((n_lc, x.shape[1]), np.float32)
+        lcs[i:i + len(x)] = x
+        for j, problem in enumerate(problems):
+            if problem:
+                log.warning("skipping %s: light-curve row %d: %s", store.path, i + j, problem)
+            else:
+                lc_ok[i + j] = True
+    t_len = lcs.shape[1]
     rv_by_row = np.zeros(n_spec)
     cat = store.catalog
     if RV_COLUMN in cat.columns:
@@ -262,15 +269,16 @@ def _build_cache(ctx: RunContext, d: Path, key: str) -> None:
     specs = np.lib.format.open_memmap(d / ".spectra.npy.tmp", mode="w+", dtype=np.float32,
                                       shape=(n_spec, 1, pcfg.spec_length))
     spec_ok, snr = np.zeros(n_spec, bool), np.zeros(n_spec, np.float32)
-    for r in tqdm(range(n_spec), desc="spectra", disable=n_spec < 500, mininterval=2.0):
-        flux, ivar = np.asarray(store.spectra_flux[r]), np.asarray(store.spectra_ivar[r])
-        try:
-            specs[r] = preprocess_spectrum(store.wavelength, flux, ivar, rv_by_row[r], pcfg)
-            spec_ok[r] = True
-            snr[r] = spectrum_snr(flux, ivar)
-        except ValueError as e:
-            log.warning("skipping %s: spectrum row %d: %s", store.path, r, e)
-            specs[r] = 0.0
+    for i in tqdm(range(0, n_spec, chunk), desc="spectra", disable=n_spec < 500, mininterval=2.0):
+        flux, ivar = np.asarray(store.spectra_flux[i:i + chunk]), np.asarray(store.spectra_ivar[i:i + chunk])
+        specs[i:i + len(flux)], problems = preprocess_spectra(store.wavelength, flux, ivar,
+                                                              rv_by_row[i:i + chunk], pcfg)
+        for j, problem in enumerate(problems):
+            if problem:
+                log.warning("skipping %s: spectrum row %d: %s", store.path, i + j, problem)
+            else:
+                spec_ok[i + j] = True
+                snr[i + j] = spectrum_snr(flux[j], ivar[j])
     specs.flush()
     del specs
     os.replace(d / ".spectra.npy.tmp", d / "spectra.npy")
