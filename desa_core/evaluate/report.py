@@ -159,9 +159,13 @@ def umap_figures(metrics, reps, catalog, has_lc, has_spec, out_dir: Path, n_mode
         sc = axes[1].scatter(xy[:, 0], xy[:, 1], c=age, cmap="viridis", **kw)
         fig.colorbar(sc, ax=axes[1], label="age [Gyr]")
         axes[1].set_title("age")
-        axes[2].scatter(xy[~binary, 0], xy[~binary, 1], c="lightgray", label="single", **kw)
-        axes[2].scatter(xy[binary, 0], xy[binary, 1], c="tab:purple", label="binary", **kw)
-        axes[2].legend(markerscale=4, fontsize=8)
+        # One scatter in a random order: drawing all binaries after all singles would hide the singles
+        # (about half the stars are binaries) and make every region look binary.
+        order = np.random.default_rng(seed).permutation(len(xy))
+        axes[2].scatter(xy[order, 0], xy[order, 1], c=np.where(binary[order], "tab:purple", "lightgray"), **kw)
+        for lab, col in (("single", "lightgray"), (f"binary ({int(binary.sum())} of {len(binary)})", "tab:purple")):
+            axes[2].scatter([], [], c=col, label=lab, s=20)
+        axes[2].legend(fontsize=8)
         axes[2].set_title("binarity (truth)")
         ax = axes[3]
         ax.scatter(xy[:, 0], xy[:, 1], c="lightgray", **kw)
