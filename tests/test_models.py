@@ -309,3 +309,18 @@ def test_get_config_errors_name_the_problem(tmp_path):
     cfg = get_config(str(ok))
     assert cfg.name == "mine" and cfg.dualformer.dim == 16
     assert dataclasses.asdict(cfg)["dualformer"]["depth"] == DualFormerConfig().depth
+
+
+def test_runs_saved_before_the_readout_switches_load_with_the_papers_readout():
+    """A run manifest written before `token_lifting` / `pooling` existed has neither key: it must rebuild the
+    DualFormer it was trained with (shared lifting, LayerNorm per token), so its checkpoint loads."""
+    from desa_core.models.config import config_from_dict
+    d = get_config("small").to_dict()
+    for key in ("token_lifting", "pooling"):
+        d["dualformer"].pop(key)
+    old = config_from_dict(d)
+    assert (old.dualformer.token_lifting, old.dualformer.pooling) == ("shared", "norm_then_pool")
+    legacy = DualFormer(dataclasses.replace(get_config("small").dualformer, token_lifting="shared",
+                                            pooling="norm_then_pool"), 48, 32)
+    DualFormer(old.dualformer, 48, 32).load_state_dict(legacy.state_dict())
+    assert get_config("small").dualformer.token_lifting == "per_feature"
