@@ -7,7 +7,7 @@ Variants (DualFormerConfig overrides on top of the run's config): the paper's re
 lifting, LayerNorm per token before pooling) at d = 32, the per-feature lifting with LayerNorm after pooling at
 d = 32 and 64, the latter untrained (what the architecture alone keeps), and the frozen features concatenated
 (no DualFormer). Metrics, on stars with both modalities:
-- cmd_r2 / hr_r2: ridge probe, 20% fit / 80% score inside the validation split (as `desa evaluate` on test);
+- cmd_r2 / hr_r2: `desa evaluate`'s probe (ridge, 20% fit / 80% score), run inside the validation split;
 - binary_auc / age_rmse_gyr: the evaluation's heads fitted on 80% of the train split, early-stopped on the
   other 20%, scored on validation;
 - sync_young_bacc: 10-NN balanced accuracy, 5-fold CV x 5 repeats, on train + validation stars (labels never
@@ -37,9 +37,8 @@ VARIANTS = {
 def validation_metrics(emb, head_input, cat, has_lc, has_spec, seed: int = 0) -> dict:
     from threadpoolctl import threadpool_limits
 
-    from desa_core.evaluate.metrics import (binary_scores, few_shot_r2, knn_balanced_accuracy,
-                                            regression_scores)
-    from desa_core.evaluate.tasks import sync_young_labels
+    from desa_core.evaluate.metrics import binary_scores, knn_balanced_accuracy, regression_scores
+    from desa_core.evaluate.tasks import _probe_metrics, sync_young_labels
     from desa_core.models.heads import fit_age_head, fit_binary_head, predict_age, predict_binary
     split = cat["split"].to_numpy()
     both = np.asarray(has_lc, bool) & np.asarray(has_spec, bool)
@@ -48,10 +47,8 @@ def validation_metrics(emb, head_input, cat, has_lc, has_spec, seed: int = 0) ->
     val = (split == "val") & both
     out = {}
     with threadpool_limits(1):
-        sub = cat[val]
-        for key, cols in (("cmd_r2", ("bp_rp", "abs_g")), ("hr_r2", ("teff", "log_lum"))):
-            ok = np.all([np.isfinite(sub[c].to_numpy(float)) for c in cols], 0)
-            out[key] = few_shot_r2(emb[val][ok], {c: sub[c].to_numpy(float)[ok] for c in cols}, 0.2, seed)["mean"]
+        probes = _probe_metrics(np.asarray(emb)[val], cat[val].reset_index(drop=True), seed)
+        out.update(cmd_r2=probes["cmd_r2"], hr_r2=probes["hr_r2"])
         x = np.asarray(head_input, np.float32)
         y = cat["is_binary"].to_numpy(bool)
         bh, _ = fit_binary_head(x, y, fit, stop, None, seed, False)

@@ -50,6 +50,11 @@ SPLITS = ("train", "val", "test")
 LAMOST_GRID_MIN_A, LAMOST_GRID_MAX_A, LAMOST_GRID_DLOG10 = 3700.0, 9000.0, 1e-4
 
 
+def catalog_column(catalog, name: str, missing: float = np.nan) -> np.ndarray:
+    """A catalogue column as float64, or ``missing`` for every star when the catalogue lacks it."""
+    return catalog[name].to_numpy(np.float64) if name in catalog.columns else np.full(len(catalog), missing)
+
+
 def log_lambda_pixels(w_min: float, w_max: float, dlog10: float) -> int:
     return int(np.floor((np.log10(w_max) - np.log10(w_min)) / dlog10 + 1e-9)) + 1
 

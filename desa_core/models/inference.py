@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from desa_core.data.preprocess import (RV_COLUMN, preprocess_light_curve, preprocess_light_curves,
                                        preprocess_spectra, preprocess_spectrum)
+from desa_core.data.store import catalog_column
 from desa_core.models.config import DesaConfig, config_from_dict
 from desa_core.models.dualformer import DualFormer, conditioning_labels
 from desa_core.models.light_curve_encoder import LightCurveEncoder
@@ -45,11 +46,6 @@ def _load_state(path: Path) -> dict:
 
 def _usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _column(cat, name: str, missing: float) -> np.ndarray:
-    """A float catalogue column, or ``missing`` everywhere when the catalogue lacks it."""
-    return cat[name].to_numpy(np.float64) if name in cat.columns else np.full(len(cat), missing)
 
 
 def _sub_state(state: dict, prefix: str) -> dict:
@@ -224,7 +220,7 @@ class Embedder:
             return self._embed_features(feats, rows, self._labels_for(cat, rows), batch_size)
         columns = {"lc_row": cat["lc_row"].to_numpy(np.int64), "spec_row": cat["spec_row"].to_numpy(np.int64),
                    "star_id": cat["star_id"].to_numpy(),
-                   "abs_g": _column(cat, "abs_g", np.nan), "rv": _column(cat, RV_COLUMN, 0.0)}
+                   "abs_g": catalog_column(cat, "abs_g"), "rv": catalog_column(cat, RV_COLUMN, 0.0)}
         if prefetch is None:
             prefetch = self._prefetch_default()
         parts = {"desa": [], "light_curve": [], "spectrum": []}

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from desa_core.data.preprocess import (RV_COLUMN, clean_light_curves, light_curve_channels,
                                        preprocess_spectra, spectrum_snr)
-from desa_core.data.store import SurveyStore, atomic_write_bytes, atomic_write_json, sha256_file
+from desa_core.data.store import (SurveyStore, atomic_write_bytes, atomic_write_json, catalog_column,
+                                  sha256_file)
 from desa_core.models.config import DesaConfig
 from desa_core.models.dualformer import conditioning_labels  # noqa: F401 -- also used by desa_core.evaluate
 from desa_core.models.light_curve_encoder import LightCurvePretrainer
@@ -292,8 +293,6 @@ def _build_cache(ctx: RunContext, d: Path, key: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- star tables
-def _column(cat, name) -> np.ndarray:
-    return cat[name].to_numpy(np.float64) if name in cat.columns else np.full(len(cat), np.nan)
 
 
 def _encoder_rows(ctx: RunContext, cache: Cache, modality: str, split: str) -> np.ndarray:
@@ -348,7 +347,7 @@ def light_curve_inputs(ctx: RunContext, cache: Cache, stars: np.ndarray, rng) ->
     cat = ctx.store.catalog
     lc_rows = cat["lc_row"].to_numpy(np.int64)[stars]
     x = np.asarray(cache.light_curves[np.sort(lc_rows)])[np.argsort(np.argsort(lc_rows))]
-    return torch.from_numpy(light_curve_channels(x, _column(cat, "abs_g")[stars], ctx.cfg.preprocess, rng))
+    return torch.from_numpy(light_curve_channels(x, catalog_column(cat, "abs_g")[stars], ctx.cfg.preprocess, rng))
 
 
 def stage_light_curve_encoder(ctx: RunContext) -> torch.nn.Module:
@@ -358,7 +357,7 @@ def stage_light_curve_encoder(ctx: RunContext) -> torch.nn.Module:
     val_stars = _encoder_rows(ctx, cache, "lc", "val")[: tc.val_max_stars]
     if len(train_stars) < 2:
         raise ValueError(f"{ctx.store.path}: fewer than 2 training stars with a light curve")
-    prot = np.minimum(_column(ctx.store.catalog, "prot_days"), tc.prot_clip_days) / PROT_SCALE_DAYS
+    prot = np.minimum(catalog_column(ctx.store.catalog, "prot_days"), tc.prot_clip_days) / PROT_SCALE_DAYS
     torch.manual_seed(tc.seed)
     net = LightCurvePretrainer(cfg.light_curve, tc.quantiles, tc.ssl_weight, tc.regression_weight).to(info.device)
     model = ddp.wrap(net, info)
@@ -400,8 +399,8 @@ def _views(ctx, cache, stars, rng, prot, dev):
 
 # -------------------------------------------------------------------------------------- stage 2: spectra
 def spectra_targets(cat, stars) -> np.ndarray:
-    return np.stack([_column(cat, "teff")[stars] / TEFF_SCALE_K, _column(cat, "logg")[stars],
-                     _column(cat, "feh")[stars]], axis=1)
+    return np.stack([catalog_column(cat, "teff")[stars] / TEFF_SCALE_K, catalog_column(cat, "logg")[stars],
+                     catalog_column(cat, "feh")[stars]], axis=1)
 
 
 def stage_spectra_encoder(ctx: RunContext) -> torch.nn.Module:
