@@ -10,7 +10,7 @@ import torch
 from desa_core.data.store import SurveyWriter, assign_splits, atomic_write_json
 from desa_core.evaluate.report import markdown_table
 from desa_core.evaluate.run import MODEL_KEYS, ORACLE_KEY, evaluate
-from desa_core.evaluate.tasks import cmd_classes, sync_young_labels
+from desa_core.evaluate.tasks import MIN_POPULATION, cmd_classes, sync_young_labels, sync_young_population
 from desa_core.models.config import get_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,6 +108,38 @@ def test_task_labels():
     pops = sync_young_labels(cat)
     assert np.all(cat.binary_class[pops == "sync"] == "close_sync")
     assert np.all(cat.age_gyr[pops == "young"] < 1) and np.all(cat.prot_days[pops != ""] < 7)
+
+
+def _sync_young_catalog(n_per_split):
+    """Catalogue with n_per_split[split] = (n_sync, n_young) fast rotators per split plus slow field stars."""
+    rows = []
+    for split, (ns, ny) in n_per_split.items():
+        rows += [dict(split=split, prot_days=3.0, binary_class="close_sync", age_gyr=4.0)] * ns
+        rows += [dict(split=split, prot_days=3.0, binary_class="single", age_gyr=0.3)] * ny
+        rows += [dict(split=split, prot_days=25.0, binary_class="single", age_gyr=5.0)] * 20
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("counts, pool", [
+    ({"test": (40, 60), "val": (5, 5), "train": (50, 50)}, ["test"]),
+    ({"test": (12, 60), "val": (20, 60), "train": (50, 50)}, ["test", "val"]),
+    ({"test": (5, 19), "val": (7, 30), "train": (40, 110)}, ["test", "val", "train"]),   # the default survey
+    ({"test": (2, 3), "val": (2, 3), "train": (2, 3)}, ["test", "val", "train"]),       # never enough: all
+])
+def test_sync_young_pool_widens_until_both_populations_are_large_enough(counts, pool):
+    cat = _sync_young_catalog(counts)
+    eligible = np.ones(len(cat), bool)
+    use, info = sync_young_population(cat, eligible)
+    assert info["splits_used"] == pool
+    labels = sync_young_labels(cat)
+    assert set(cat.split[use]) == set(pool) and np.all(labels[use] != "")
+    assert info["n_sync"] == sum(counts[s][0] for s in pool) and info["n_young"] == sum(counts[s][1] for s in pool)
+    if pool != ["test", "val", "train"]:
+        assert min(info["n_sync"], info["n_young"]) >= MIN_POPULATION
+    # stars without both modalities are never used
+    eligible[: len(cat) // 2] = False
+    use2, _ = sync_young_population(cat, eligible)
+    assert not use2[: len(cat) // 2].any()
 
 
 @pytest.mark.slow

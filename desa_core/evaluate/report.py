@@ -96,7 +96,9 @@ def write_report(metrics: dict, out_dir: str | os.PathLike, reps: dict | None = 
         lines += ["## Synchronized binaries vs young fast rotators", "",
                   f"Stars used: {sy['n_sync']} synchronized binaries and {sy['n_young']} young single stars "
                   f"(prot < 7 d) from the {' + '.join(sy['splits_used'])} split(s)"
-                  + (" -- pooled because the test split alone has too few" if sy["pooled_test_val"] else "")
+                  + (f" -- widened beyond test because a 10-NN vote needs at least {sy.get('min_population')} "
+                     "of each; the k-NN is cross-validated and no embedding trained on these labels"
+                     if len(sy["splits_used"]) > 1 else "")
                   + f"; per split: {sy['counts_by_split']}.", ""]
     unavailable = [(k, metrics[k]["reason"]) for k in _model_keys(metrics) if not metrics[k].get("available", True)]
     if unavailable:
