@@ -259,3 +259,20 @@ def test_load_features_errors(tmp_path):
     np.savez(tmp_path / "features.npz", star_id=np.array(["a"]))
     with pytest.raises(ValueError, match="not a valid features file"):
         load_features(tmp_path)
+
+
+def test_prot_targets_linear_is_the_papers_and_log_keeps_relative_precision():
+    from desa_core.models.config import TrainConfig
+    from desa_core.train.stages import prot_targets
+    p = np.array([0.5, 2.0, 4.0, 20.0, 40.0, 100.0, 5e4, np.nan])
+    lin = prot_targets(p, TrainConfig(prot_target="linear"))
+    np.testing.assert_allclose(lin[:6], p[:6] / 70.0)
+    assert lin[6] == 100.0 / 70.0 and np.isnan(lin[7])          # clipped at prot_clip_days; NaN = no loss
+    log = prot_targets(p, TrainConfig(prot_target="log"))
+    assert np.all(np.diff(log[:6]) > 0) and 0 < log[0] and log[5] == pytest.approx(1.0) and log[6] == log[5]
+    assert np.isnan(log[7])
+    # a doubling of Prot moves the log target about as much at 2 d as at 20 d; the linear one 10x more at 20 d
+    assert (log[2] - log[1]) / (log[4] - log[3]) > 0.5
+    assert (lin[4] - lin[3]) / (lin[2] - lin[1]) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="prot_target"):
+        TrainConfig(prot_target="sqrt")

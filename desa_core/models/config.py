@@ -141,6 +141,10 @@ class TrainConfig:
     mask_fraction: float = 0.15           # masked-pixel reconstruction of spectra
     prot_clip_days: float = 100.0         # Prot targets above this are clipped: giants reach 10^5 d, which no
                                           # light curve shows and which would dominate the Prot/70 pinball loss
+    # Light-curve pretraining target: 'linear' = Prot / 70 d (the paper), 'log' = log10(1 + Prot) / log10(1 +
+    # prot_clip_days), which asks for relative precision (gyrochronology ages go as log Prot). `small` uses 'log'
+    # (docs/model.md, "Rotation periods in the light-curve features").
+    prot_target: str = "linear"
     snr_cap: float = 100.0                # per-sample S/N weight saturates here
     # light-curve encoder stage
     lc_epochs: int = 10
@@ -164,6 +168,10 @@ class TrainConfig:
     warmup_fraction: float = 0.05         # linear warm-up, then cosine decay, per optimiser step
     torch_threads: int | None = None      # None: torch's default
     amp: bool = False                     # bfloat16 autocast on CUDA (the paper config); ignored on CPU
+
+    def __post_init__(self):
+        if self.prot_target not in ("linear", "log"):
+            raise ValueError(f"prot_target must be linear or log, not {self.prot_target!r}")
 
 
 @dataclass

@@ -36,7 +36,7 @@ from desa_core.data.preprocess import (RV_COLUMN, clean_light_curves, light_curv
                                        preprocess_spectra, spectrum_snr)
 from desa_core.data.store import (SurveyStore, atomic_write_bytes, atomic_write_json, catalog_column,
                                   sha256_file)
-from desa_core.models.config import DesaConfig
+from desa_core.models.config import DesaConfig, TrainConfig
 from desa_core.models.dualformer import conditioning_labels  # noqa: F401 -- also used by desa_core.evaluate
 from desa_core.models.light_curve_encoder import LightCurvePretrainer
 from desa_core.models.spectra_encoder import SpectraPretrainer
@@ -350,6 +350,15 @@ def light_curve_inputs(ctx: RunContext, cache: Cache, stars: np.ndarray, rng) ->
     return torch.from_numpy(light_curve_channels(x, catalog_column(cat, "abs_g")[stars], ctx.cfg.preprocess, rng))
 
 
+def prot_targets(prot_days, tc: TrainConfig) -> np.ndarray:
+    """Light-curve pretraining target from Prot [d], clipped at ``tc.prot_clip_days``: Prot / 70 d (the paper's,
+    ``prot_target: linear``) or log10(1 + Prot) / log10(1 + clip) (``log``, in [0, 1]). NaN stays NaN (no loss)."""
+    p = np.minimum(np.asarray(prot_days, np.float64), tc.prot_clip_days)
+    if tc.prot_target == "log":
+        return np.log10(1.0 + p) / np.log10(1.0 + tc.prot_clip_days)
+    return p / PROT_SCALE_DAYS
+
+
 def stage_light_curve_encoder(ctx: RunContext) -> torch.nn.Module:
     cfg, tc, info = ctx.cfg, ctx.cfg.train, ctx.info
     cache = ensure_cache(ctx)
@@ -357,7 +366,7 @@ def stage_light_curve_encoder(ctx: RunContext) -> torch.nn.Module:
     val_stars = _encoder_rows(ctx, cache, "lc", "val")[: tc.val_max_stars]
     if len(train_stars) < 2:
         raise ValueError(f"{ctx.store.path}: fewer than 2 training stars with a light curve")
-    prot = np.minimum(catalog_column(ctx.store.catalog, "prot_days"), tc.prot_clip_days) / PROT_SCALE_DAYS
+    prot = prot_targets(catalog_column(ctx.store.catalog, "prot_days"), tc)
     torch.manual_seed(tc.seed)
     net = LightCurvePretrainer(cfg.light_curve, tc.quantiles, tc.ssl_weight, tc.regression_weight).to(info.device)
     model = ddp.wrap(net, info)
