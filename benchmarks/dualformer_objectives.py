@@ -1,0 +1,203 @@
+"""Does an extra alignment objective make DESA better than the baselines? Scored on an INDEPENDENT dev survey.
+
+    .venv/bin/python benchmarks/dualformer_objectives.py --run runs/small --out benchmarks/results/dualformer_objectives.json
+
+Protocol. Every model is trained exactly as `desa evaluate` trains it: on the frozen encoder features of the
+run's own survey (train split; early stopping and head calibration on its val split). It is then scored on a
+second survey simulated with another seed (``--dev-seed``, default 7; written to ``--dev-survey`` unless it is
+already there), whose frozen features come from the same run's encoders. The run's test split is never read,
+and the dev survey holds ~54 synchronized binaries and ~140 young stars of its own -- enough for the 10-NN
+sync/young task without borrowing any split.
+
+Models: the run's DESA, the frozen features concatenated, the four alignment baselines (the evaluation's
+settings), DESA retrained with its own config, and DESA with one extra term each:
+- ``contrastive_w*``: the library's cross-modal InfoNCE term (``contrastive_term``) at a few weights;
+- ``prediction_w*``: a SimSiam-style cross-modal prediction term (a predictor MLP maps p_s to sg(p_l) and p_l to
+  sg(p_s), negative cosine). A prototype defined in this file only; it is not in the library.
+
+Metrics on dev stars with both modalities: cmd_r2 / hr_r2 (the evaluation's ridge probe, 20 % fit / 80 % score,
+on 4,000 stars), binary_auc and age_rmse_gyr (the evaluation's heads, fitted on the run's survey, applied to
+the dev survey), sync_young_bacc (10-NN, 5-fold CV x 10 repeats, mean and spread).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = {
+    "desa_retrained": {},
+    "contrastive_w0.1": {"contrastive_term": True, "contrastive_weight": 0.1},
+    "contrastive_w0.3_t0.3": {"contrastive_term": True, "contrastive_weight": 0.3, "contrastive_temperature": 0.3},
+    "prediction_w0.3": {"prediction_weight": 0.3},
+    "prediction_w1": {"prediction_weight": 1.0},
+}
+BASELINES = ("simsiam", "clip", "vicreg", "moco")
+log = logging.getLogger("dualformer_objectives")
+
+
+def dev_features(run: Path, dev_survey: Path, seed: int, dev_run: Path):
+    """Simulate the dev survey if needed and encode it with the run's frozen encoders -> FrozenFeatures."""
+    import torch
+
+    from desa_core.data.simulate import simulate_survey
+    from desa_core.data.store import SurveyStore
+    from desa_core.models.config import config_from_dict
+    from desa_core.train import distributed as ddp
+    from desa_core.train import run as tr
+    from desa_core.train import stages as st
+    from desa_core.train.alignment import load_features
+    if not (dev_survey / "manifest.json").is_file():
+        log.info("simulating the dev survey (seed %d) into %s", seed, dev_survey)
+        simulate_survey(out=dev_survey, seed=seed)
+    if not (dev_run / "features.npz").is_file():
+        cfg = config_from_dict(json.loads((run / "run_manifest.json").read_text())["config"], where=str(run))
+        dev_run.mkdir(parents=True, exist_ok=True)
+        ctx = st.RunContext(dev_run, SurveyStore.open(dev_survey), cfg, ddp.current())
+        st.ensure_cache(ctx)
+        ck = run / "checkpoints"
+        lc = tr._load_pretrainer(tr.LightCurvePretrainer, cfg.light_curve, ck / "light_curve_encoder.pt", cfg.train)
+        sp = tr._load_pretrainer(tr.SpectraPretrainer, cfg.spectra, ck / "spectra_encoder.pt", cfg.train)
+        with torch.no_grad():
+            st.stage_features(ctx, lc.encoder, sp.encoder)
+    return load_features(dev_run), SurveyStore.open(dev_survey).catalog
+
+
+class Scorer:
+    def __init__(self, feats, cat, dev_feats, dev_cat, seed: int = 0):
+        self.f, self.c, self.df, self.dc, self.seed = feats, cat, dev_feats, dev_cat, seed
+        split = cat["split"].to_numpy()
+        self.train, self.val = split == "train", split == "val"
+        self.dboth = dev_feats.has_lc & dev_feats.has_spec
+        self.probe = np.random.default_rng(0).choice(np.flatnonzero(self.dboth), min(4000, self.dboth.sum()),
+                                                     replace=False)
+
+    def __call__(self, emb_dev, head_run, head_dev) -> dict:
+        from threadpoolctl import threadpool_limits
+
+        from desa_core.evaluate.metrics import binary_scores, few_shot_r2, knn_balanced_accuracy, regression_scores
+        from desa_core.evaluate.tasks import sync_young_labels
+        from desa_core.models.heads import fit_age_head, fit_binary_head, predict_age, predict_binary
+        out, dc, b, s = {}, self.dc, self.dboth, self.seed
+        with threadpool_limits(1):
+            for key, cols in (("cmd_r2", ("bp_rp", "abs_g")), ("hr_r2", ("teff", "log_lum"))):
+                r = few_shot_r2(emb_dev[self.probe], {c: dc[c].to_numpy(float)[self.probe] for c in cols}, 0.2, s)
+                out[key] = round(r["mean"], 4)
+            lab = sync_young_labels(dc)
+            use = b & (lab != "")
+            r = knn_balanced_accuracy(emb_dev[use], lab[use], k=10, n_splits=5, seed=s, n_repeats=10)
+            out.update(sync_young_bacc=round(r["balanced_accuracy"], 4), sync_young_std=round(r["std_over_repeats"], 4))
+            x, xd = np.asarray(head_run, np.float32), np.asarray(head_dev, np.float32)
+            bh, _ = fit_binary_head(x, self.c["is_binary"].to_numpy(bool), self.train, self.val, None, s, False)
+            out["binary_auc"] = round(binary_scores(dc["is_binary"].to_numpy(bool)[b], predict_binary(bh, xd[b]))["auc"], 4)
+            ah, _ = fit_age_head(x, self.c["age_gyr"].to_numpy(float), self.train, self.val, None, s, False)
+            out["age_rmse_gyr"] = round(regression_scores(dc["age_gyr"].to_numpy(float)[b],
+                                                          predict_age(ah, xd[b])[1])["rmse"], 3)
+        return out
+
+
+def prediction_prototype(weight: float):
+    """(model class, loss) for DESA + a SimSiam-style cross-modal prediction term (prototype, see docstring)."""
+    import torch.nn as nn
+
+    import desa_core.models.dualformer as dfm
+    from desa_core.models.baselines import simsiam_loss
+
+    class PredictionDualFormer(dfm.DualFormer):
+        def __init__(self, cfg, d_spec, d_lc):
+            super().__init__(cfg, d_spec, d_lc)
+            n = self.embedding_dim
+            self.predictor = nn.Sequential(nn.Linear(n, n // 2), nn.BatchNorm1d(n // 2), nn.ReLU(), nn.Linear(n // 2, n))
+
+        def forward(self, *a, **k):
+            out = super().forward(*a, **k)
+            out["q_s"], out["q_l"] = self.predictor(out["p_s"]), self.predictor(out["p_l"])
+            return out
+
+    def loss(out, cfg):
+        t = dfm.alignment_loss(out, cfg)
+        t["prediction"] = simsiam_loss(out["q_s"], out["p_s"], out["q_l"], out["p_l"])
+        t["loss"] = t["loss"] + weight * t["prediction"]
+        return t
+    return PredictionDualFormer, loss
+
+
+def train_variant(feats, cfg, over: dict, seed: int):
+    import desa_core.train.alignment as al
+    over = dict(over)
+    pw = over.pop("prediction_weight", None)
+    cls, loss = (al.DualFormer, al.alignment_loss) if pw is None else prediction_prototype(pw)
+    saved = al.DualFormer, al.alignment_loss
+    al.DualFormer, al.alignment_loss = cls, loss
+    try:
+        return al.train_dualformer(feats, dataclasses.replace(cfg.dualformer, **over), cfg.train, seed=seed)
+    finally:
+        al.DualFormer, al.alignment_loss = saved
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default="runs/small")
+    ap.add_argument("--dev-survey", default="data/dev_survey_seed7")
+    ap.add_argument("--dev-seed", type=int, default=7)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/dualformer_objectives.json")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from desa_core.evaluate.run import _raw_representation, open_run
+    from desa_core.models.baselines import BaselineConfig, embed_alignment_baseline, fit_alignment_baseline
+    from desa_core.train.alignment import FrozenFeatures, embed_dualformer, load_dualformer
+    torch.set_num_threads(a.threads)
+    run = Path(a.run)
+    inp = open_run(run)
+    feats, cat, cfg = inp.features, inp.catalog, inp.cfg
+    dev_feats, dev_cat = dev_features(run, Path(a.dev_survey), a.dev_seed, run / f"dev_features_seed{a.dev_seed}")
+    score = Scorer(feats, cat, dev_feats, dev_cat)
+    results = {}
+
+    def record(name, emb_dev, head_run, head_dev, **extra):
+        results[name] = {**score(emb_dev, head_run, head_dev), **extra}
+        log.info("%s: %s", name, results[name])
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"run": str(run), "dev_survey": a.dev_survey, "dev_seed": a.dev_seed,
+                                           "variants": VARIANTS, "results": results}, indent=2))
+
+    def desa(name, model, **extra):
+        o_run, o_dev = embed_dualformer(model, feats), embed_dualformer(model, dev_feats)
+        head = lambda o: np.concatenate([o["p_s"], o["p_l"]], 1)   # noqa: E731
+        record(name, np.asarray(o_dev["embedding"]), head(o_run), head(o_dev), **extra)
+
+    desa("desa (the run's)", load_dualformer(run))
+    # concat: standardised with the run's training stars, dev stars appended so one function does both
+    both_f = FrozenFeatures(*(np.concatenate([getattr(feats, k), getattr(dev_feats, k)]) for k in
+                              ("star_id", "z_lc", "z_spec", "has_lc", "has_spec", "split")))
+    x = _raw_representation("concat", both_f, np.r_[score.train, np.zeros(len(dev_feats), bool)]).embedding
+    record("concat", x[len(feats):], x[:len(feats)], x[len(feats):])
+    bcfg = BaselineConfig(out_dim=int(cfg.dualformer.dim), hidden_dim=max(64, 4 * int(cfg.dualformer.dim)))
+    both = feats.has_lc & feats.has_spec
+    for k in BASELINES:
+        t = time.time()
+        m, _ = fit_alignment_baseline(feats.z_lc, feats.z_spec, score.train & both, score.val & both, k, bcfg, 0, False)
+        e = embed_alignment_baseline(m, feats.z_lc, feats.z_spec, feats.has_lc, feats.has_spec)
+        d = embed_alignment_baseline(m, dev_feats.z_lc, dev_feats.z_spec, dev_feats.has_lc, dev_feats.has_spec)
+        record(k, d, e, d, train_s=round(time.time() - t, 1))
+    for name in [v for v in a.variants.split(",") if v]:
+        t = time.time()
+        model = train_variant(feats, cfg, VARIANTS[name], seed=0)
+        desa(name, model, train_s=round(time.time() - t, 1))
+
+
+if __name__ == "__main__":
+    main()
