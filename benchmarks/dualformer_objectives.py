@@ -47,8 +47,6 @@ log = logging.getLogger("dualformer_objectives")
 
 def dev_features(run: Path, dev_survey: Path, seed: int, dev_run: Path):
     """Simulate the dev survey if needed and encode it with the run's frozen encoders -> FrozenFeatures."""
-    import torch
-
     from desa_core.data.simulate import simulate_survey
     from desa_core.data.store import SurveyStore
     from desa_core.models.config import config_from_dict
@@ -67,8 +65,7 @@ def dev_features(run: Path, dev_survey: Path, seed: int, dev_run: Path):
         ck = run / "checkpoints"
         lc = tr._load_pretrainer(tr.LightCurvePretrainer, cfg.light_curve, ck / "light_curve_encoder.pt", cfg.train)
         sp = tr._load_pretrainer(tr.SpectraPretrainer, cfg.spectra, ck / "spectra_encoder.pt", cfg.train)
-        with torch.no_grad():
-            st.stage_features(ctx, lc.encoder, sp.encoder)
+        st.stage_features(ctx, lc.encoder, sp.encoder)   # its encode_batches runs under no_grad
     return load_features(dev_run), SurveyStore.open(dev_survey).catalog
 
 

@@ -52,7 +52,8 @@ def score(err: np.ndarray) -> dict:
             "median_abs_dlog10p": round(float(np.median(err)), 4) if len(err) else None}
 
 
-def run_report(run: Path) -> dict:
+def run_report(run: Path):
+    """-> (this run's report, its catalogue, its both-modalities mask)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     from desa_core.data.preprocess import light_curve_channels
@@ -85,7 +86,7 @@ def run_report(run: Path) -> dict:
     head, _ = fit_age_head(rep, age, tra, trb, None, 0, False)
     rmse = float(np.sqrt(np.mean((predict_age(head, rep[val])[1] - age[val]) ** 2)))
     tc = cfg.train
-    return {"config": cfg.name, "lc_epochs": tc.lc_epochs, "prot_target": getattr(tc, "prot_target", "linear"),
+    return {"config": cfg.name, "lc_epochs": tc.lc_epochs, "prot_target": tc.prot_target,
             "prot_from_features": {"by_spot_amplitude": bins,
                                    f">= {STRONG_PPM:g} ppm": score(np.abs(pred[strong] - logp[strong]))},
             "acf_reference": {f">= {STRONG_PPM:g} ppm": score(np.abs(acf - logp[strong]))},
