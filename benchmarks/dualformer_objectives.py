@@ -10,10 +10,19 @@ and the dev survey holds ~54 synchronized binaries and ~140 young stars of its o
 sync/young task without borrowing any split.
 
 Models: the run's DESA, the frozen features concatenated, the four alignment baselines (the evaluation's
-settings), DESA retrained with its own config, and DESA with one extra term each:
+settings), DESA retrained with its own config, and DESA with one change each:
 - ``contrastive_w*``: the library's cross-modal InfoNCE term (``contrastive_term``) at a few weights;
 - ``prediction_w*``: a SimSiam-style cross-modal prediction term (a predictor MLP maps p_s to sg(p_l) and p_l to
   sg(p_s), negative cosine). A prototype defined in this file only; it is not in the library.
+- ``untrained``: the DualFormer at its initialisation (zero alignment epochs), finalised: what training adds;
+- ``dim128``: a DualFormer twice as wide (embedding 128-d instead of 64);
+- ``crossview``, ``crossview_contrastive``: a prototype (this file only) in which each stream sees only its own
+  modality, so the two cannot agree by both reading both inputs; without and with the InfoNCE term;
+- ``self_contrastive``: the library's self-attention-only ablation with the InfoNCE term.
+
+Every DESA model also gets ``degeneracy`` (see :func:`degeneracy`): how it meets its loss, on the run's
+validation stars -- A's eigenvalue range, the spread of the quadratic forms h^T A h over stars, and how far the
+two streams carry the same thing.
 
 Metrics on dev stars with both modalities: cmd_r2 / hr_r2 (the evaluation's ridge probe, 20 % fit / 80 % score,
 on 4,000 stars), binary_auc and age_rmse_gyr (the evaluation's heads, fitted on the run's survey, applied to
@@ -40,6 +49,15 @@ VARIANTS = {
     "contrastive_w0.3_t0.3": {"contrastive_term": True, "contrastive_weight": 0.3, "contrastive_temperature": 0.3},
     "prediction_w0.3": {"prediction_weight": 0.3},
     "prediction_w1": {"prediction_weight": 1.0},
+    # diagnostics: what the alignment training adds at all, and the width of the embedding
+    "untrained": {"train": {"align_epochs": 0}},
+    "dim128": {"dim": 128, "ffn_dim": 256},
+    # prototype: during training each stream sees only its own modality (the other hidden behind its
+    # placeholder), so the two streams cannot agree by both reading both inputs
+    "crossview": {"crossview": True},
+    "crossview_contrastive": {"crossview": True, "contrastive_term": True},
+    # the library's self-attention ablation (streams independent) with the InfoNCE term
+    "self_contrastive": {"attention_type": "self", "contrastive_term": True},
 }
 BASELINES = ("simsiam", "clip", "vicreg", "moco")
 log = logging.getLogger("dualformer_objectives")
@@ -128,17 +146,64 @@ def prediction_prototype(weight: float):
     return PredictionDualFormer, loss
 
 
+def crossview_prototype():
+    """DualFormer whose outputs come from single-modality passes: h_s, p_s from the spectrum alone (light curve
+    hidden behind its placeholder), h_l, p_l from the light curve alone; the embedding is (h_s + h_l) V of those."""
+    import torch
+
+    import desa_core.models.dualformer as dfm
+
+    class CrossViewDualFormer(dfm.DualFormer):
+        def forward(self, z_spec, z_lc, has_spec, has_lc, labels=None):
+            none = torch.zeros_like(has_spec)
+            o_s = super().forward(z_spec, z_lc, has_spec, none, labels)
+            o_l = super().forward(z_spec, z_lc, none, has_lc, labels)
+            out = {"h_s": o_s["h_s"], "p_s": o_s["p_s"], "h_l": o_l["h_l"], "p_l": o_l["p_l"]}
+            if bool(self.finalized):
+                out["embedding"] = (out["h_s"] + out["h_l"]) @ self.eigenvectors
+            return out
+    return CrossViewDualFormer
+
+
 def train_variant(feats, cfg, over: dict, seed: int):
     import desa_core.train.alignment as al
     over = dict(over)
     pw = over.pop("prediction_weight", None)
+    cv = over.pop("crossview", False)
+    tcfg = dataclasses.replace(cfg.train, **over.pop("train", {}))
     cls, loss = (al.DualFormer, al.alignment_loss) if pw is None else prediction_prototype(pw)
+    if cv:
+        cls = crossview_prototype()
     saved = al.DualFormer, al.alignment_loss
     al.DualFormer, al.alignment_loss = cls, loss
     try:
-        return al.train_dualformer(feats, dataclasses.replace(cfg.dualformer, **over), cfg.train, seed=seed)
+        return al.train_dualformer(feats, dataclasses.replace(cfg.dualformer, **over), tcfg, seed=seed)
     finally:
         al.DualFormer, al.alignment_loss = saved
+
+
+def degeneracy(model, init, out: dict, mask) -> dict:
+    """How the trained DESA meets its loss, on the run's validation stars with both modalities:
+    A's eigenvalue range (A ~ c I meets the duality term for any LayerNormed h, whose norm is fixed); how far
+    training moved A from its initialisation (``init``: the same model before training), and how far from the
+    identity A ends, both in units of the initial |A - I|; the spread of the quadratic forms q = h^T A h over
+    stars relative to their mean; the per-star duality residual relative to that spread; and the mean
+    correlation over stars of h_s and h_l, dimension by dimension (1: the streams carry the same thing)."""
+    import torch
+    ev = model.eigenvalues.detach().cpu().numpy()
+    a, a0 = model.A.detach().cpu(), init.A.detach().cpu()
+    eye = torch.eye(a.shape[0])
+    off0 = float((a0 - eye).norm())
+    h_s, h_l, p_s, p_l = (np.asarray(out[k], np.float64)[mask] for k in ("h_s", "h_l", "p_s", "p_l"))
+    q_s, q_l = (h_s * p_s).sum(1), (h_l * p_l).sum(1)
+    corr = [np.corrcoef(h_s[:, j], h_l[:, j])[0, 1] for j in range(h_s.shape[1])
+            if h_s[:, j].std() > 0 and h_l[:, j].std() > 0]
+    return {"A_eig_min": round(float(ev.min()), 4), "A_eig_max": round(float(ev.max()), 4),
+            "A_moved_over_init_offset": round(float((a - a0).norm()) / off0, 4),
+            "A_offset_over_init_offset": round(float((a - eye).norm()) / off0, 4),
+            "q_rel_spread": round(float(q_s.std() / abs(q_s.mean())), 5),
+            "duality_rms_over_q_spread": round(float(np.sqrt(np.mean((q_s - q_l) ** 2)) / q_s.std()), 4),
+            "h_stream_corr": round(float(np.mean(corr)), 4)}
 
 
 def main() -> None:
@@ -162,6 +227,7 @@ def main() -> None:
     feats, cat, cfg = inp.features, inp.catalog, inp.cfg
     dev_feats, dev_cat = dev_features(run, Path(a.dev_survey), a.dev_seed, run / f"dev_features_seed{a.dev_seed}")
     score = Scorer(feats, cat, dev_feats, dev_cat)
+    both = feats.has_lc & feats.has_spec
     results = {}
 
     def record(name, emb_dev, head_run, head_dev, **extra):
@@ -171,19 +237,20 @@ def main() -> None:
         Path(a.out).write_text(json.dumps({"run": str(run), "dev_survey": a.dev_survey, "dev_seed": a.dev_seed,
                                            "variants": VARIANTS, "results": results}, indent=2))
 
-    def desa(name, model, **extra):
+    def desa(name, model, over, **extra):
         o_run, o_dev = embed_dualformer(model, feats), embed_dualformer(model, dev_feats)
         head = lambda o: np.concatenate([o["p_s"], o["p_l"]], 1)   # noqa: E731
-        record(name, np.asarray(o_dev["embedding"]), head(o_run), head(o_dev), **extra)
+        init = train_variant(feats, cfg, {**over, "train": {"align_epochs": 0}}, seed=0)
+        record(name, np.asarray(o_dev["embedding"]), head(o_run), head(o_dev), **extra,
+               degeneracy=degeneracy(model, init, o_run, score.val & both))
 
-    desa("desa (the run's)", load_dualformer(run))
+    desa("desa (the run's)", load_dualformer(run), {})   # the run trained its DualFormer with seed 0 too
     # concat: standardised with the run's training stars, dev stars appended so one function does both
     both_f = FrozenFeatures(*(np.concatenate([getattr(feats, k), getattr(dev_feats, k)]) for k in
                               ("star_id", "z_lc", "z_spec", "has_lc", "has_spec", "split")))
     x = _raw_representation("concat", both_f, np.r_[score.train, np.zeros(len(dev_feats), bool)]).embedding
     record("concat", x[len(feats):], x[:len(feats)], x[len(feats):])
     bcfg = BaselineConfig(out_dim=int(cfg.dualformer.dim), hidden_dim=max(64, 4 * int(cfg.dualformer.dim)))
-    both = feats.has_lc & feats.has_spec
     for k in BASELINES:
         t = time.time()
         m, _ = fit_alignment_baseline(feats.z_lc, feats.z_spec, score.train & both, score.val & both, k, bcfg, 0, False)
@@ -193,7 +260,7 @@ def main() -> None:
     for name in [v for v in a.variants.split(",") if v]:
         t = time.time()
         model = train_variant(feats, cfg, VARIANTS[name], seed=0)
-        desa(name, model, train_s=round(time.time() - t, 1))
+        desa(name, model, VARIANTS[name], train_s=round(time.time() - t, 1))
 
 
 if __name__ == "__main__":
