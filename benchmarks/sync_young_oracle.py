@@ -14,6 +14,11 @@ RV) -- it reports:
 
 Stars need both modalities, as in the evaluation. This is a reference for what the protocol can reach on the
 survey, not a model.
+
+With ``--run RUN`` (a run `desa evaluate` has scored) it also reports, on the evaluation's pool, the same two
+read-outs of each model's embedding: DESA (the run's DualFormer), the raw features (lc_only, concat) and the
+alignment baselines cached in ``RUN/eval_cache/`` (models not cached there are skipped, and named). The
+logistic read-out is supervised: a ceiling for what a linear boundary in that embedding can separate.
 """
 from __future__ import annotations
 
@@ -49,10 +54,46 @@ def logreg_bacc(x, y, repeats: int) -> tuple[float, float]:
     return float(np.mean(accs)), float(np.std(accs))
 
 
+def embedding_readouts(run: Path) -> dict:
+    """10-NN (the evaluation's protocol) and supervised logistic balanced accuracy of each model's embedding on
+    the evaluation's sync/young pool of run ``run``."""
+    from desa_core.evaluate.metrics import knn_balanced_accuracy
+    from desa_core.evaluate.run import _raw_representation, open_run
+    from desa_core.evaluate.tasks import sync_young_labels, sync_young_population
+    from desa_core.train.alignment import embed_dualformer, load_dualformer
+    inp = open_run(run)
+    f, cat = inp.features, inp.catalog
+    used, info = sync_young_population(cat, f.has_lc & f.has_spec)
+    y = sync_young_labels(cat)[used]
+    train = cat["split"].to_numpy() == "train"
+    embs = {"desa": embed_dualformer(load_dualformer(run), f)["embedding"]}
+    embs.update({k: _raw_representation(k, f, train).embedding for k in ("lc_only", "concat")})
+    skipped = []
+    for k in ("clip", "moco", "vicreg", "simsiam"):
+        p = run / "eval_cache" / f"{k}.npz"
+        if not p.is_file():
+            skipped.append(k)
+            continue
+        with np.load(p, allow_pickle=False) as z:
+            embs[k] = z["embedding"]
+    rec = {"run": str(run), "splits_used": info["splits_used"], "n_sync": info["n_sync"], "n_young": info["n_young"],
+           "skipped_not_cached": skipped, "models": {}}
+    for k, e in embs.items():
+        kn = knn_balanced_accuracy(e[used], y, k=10, n_splits=5, seed=0, n_repeats=REPEATS)
+        lr, lr_sd = logreg_bacc(e[used], y, REPEATS)
+        rec["models"][k] = {"dim": int(e.shape[1]), "knn10": round(kn["balanced_accuracy"], 4),
+                            "knn10_std": round(kn["std_over_repeats"], 4), "logreg": round(lr, 4),
+                            "logreg_std": round(lr_sd, 4)}
+        print(f"embedding {k:10s} dim {e.shape[1]:4d}  10-NN {kn['balanced_accuracy']:.3f}  logistic {lr:.3f} ± {lr_sd:.3f}",
+              flush=True)
+    return rec
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--survey", default="data/survey")
     ap.add_argument("--out", default="benchmarks/results/sync_young_oracle.json")
+    ap.add_argument("--run", default=None, help="also read out this run's embeddings (after `desa evaluate`)")
     a = ap.parse_args()
     from desa_core.data.store import SurveyStore
     from desa_core.evaluate.metrics import knn_balanced_accuracy
@@ -88,6 +129,8 @@ def main() -> None:
             print(f"{pname:28s} {lname:9s} {n}  10-NN {k['balanced_accuracy']:.3f} ± {k['std_over_repeats']:.3f}"
                   f"  logistic {lr:.3f} ± {lr_sd:.3f}", flush=True)
         out["pools"][pname] = rec
+    if a.run:
+        out["embeddings"] = embedding_readouts(Path(a.run))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2, default=str))
 
