@@ -237,14 +237,14 @@ def main() -> None:
         Path(a.out).write_text(json.dumps({"run": str(run), "dev_survey": a.dev_survey, "dev_seed": a.dev_seed,
                                            "variants": VARIANTS, "results": results}, indent=2))
 
-    def desa(name, model, over, **extra):
+    def desa(name, model, over, seed=0, **extra):
         o_run, o_dev = embed_dualformer(model, feats), embed_dualformer(model, dev_feats)
         head = lambda o: np.concatenate([o["p_s"], o["p_l"]], 1)   # noqa: E731
-        init = train_variant(feats, cfg, {**over, "train": {"align_epochs": 0}}, seed=0)
+        init = train_variant(feats, cfg, {**over, "train": {"align_epochs": 0}}, seed=seed)
         record(name, np.asarray(o_dev["embedding"]), head(o_run), head(o_dev), **extra,
                degeneracy=degeneracy(model, init, o_run, score.val & both))
 
-    desa("desa (the run's)", load_dualformer(run), {})   # the run trained its DualFormer with seed 0 too
+    desa("desa (the run's)", load_dualformer(run), {}, seed=int(cfg.train.seed))   # the seed the run trained with
     # concat: standardised with the run's training stars, dev stars appended so one function does both
     both_f = FrozenFeatures(*(np.concatenate([getattr(feats, k), getattr(dev_feats, k)]) for k in
                               ("star_id", "z_lc", "z_spec", "has_lc", "has_spec", "split")))
