@@ -99,9 +99,8 @@ class Scorer:
     def __call__(self, emb_dev, head_run, head_dev) -> dict:
         from threadpoolctl import threadpool_limits
 
-        from desa_core.evaluate.metrics import binary_scores, few_shot_r2, knn_balanced_accuracy, regression_scores
-        from desa_core.evaluate.tasks import sync_young_labels
-        from desa_core.models.heads import fit_age_head, fit_binary_head, predict_age, predict_binary
+        from desa_core.evaluate.metrics import few_shot_r2, knn_balanced_accuracy
+        from desa_core.evaluate.tasks import _head_metrics, fit_task_heads, sync_young_labels
         out, dc, b, s = {}, self.dc, self.dboth, self.seed
         with threadpool_limits(1):
             for key, cols in (("cmd_r2", ("bp_rp", "abs_g")), ("hr_r2", ("teff", "log_lum"))):
@@ -111,12 +110,10 @@ class Scorer:
             use = b & (lab != "")
             r = knn_balanced_accuracy(emb_dev[use], lab[use], k=10, n_splits=5, seed=s, n_repeats=10)
             out.update(sync_young_bacc=round(r["balanced_accuracy"], 4), sync_young_std=round(r["std_over_repeats"], 4))
-            x, xd = np.asarray(head_run, np.float32), np.asarray(head_dev, np.float32)
-            bh, _ = fit_binary_head(x, self.c["is_binary"].to_numpy(bool), self.train, self.val, None, s, False)
-            out["binary_auc"] = round(binary_scores(dc["is_binary"].to_numpy(bool)[b], predict_binary(bh, xd[b]))["auc"], 4)
-            ah, _ = fit_age_head(x, self.c["age_gyr"].to_numpy(float), self.train, self.val, None, s, False)
-            out["age_rmse_gyr"] = round(regression_scores(dc["age_gyr"].to_numpy(float)[b],
-                                                          predict_age(ah, xd[b])[1])["rmse"], 3)
+            # the evaluation's heads: fitted on the run's train split (val: early stopping), applied to the dev stars
+            heads = fit_task_heads(np.asarray(head_run, np.float32), self.c, None, s, False)
+            m = _head_metrics(heads, np.asarray(head_dev, np.float32)[b], dc[b].reset_index(drop=True))
+            out.update(binary_auc=round(m["binary_auc"], 4), age_rmse_gyr=round(m["age_rmse_gyr"], 3))
         return out
 
 
