@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -39,6 +40,7 @@ from app.components.probes import Probes
 from app.components.search import Search
 from app.components.star_detail import StarDetail
 from app.state import AppData, Session, UserInputError, load_app_data
+from app.text import esc, message_html
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def _ensure_extension():
     global _EXTENSION_LOADED
     if not _EXTENSION_LOADED:
         hv.extension("bokeh", logo=False)
-        pn.extension("tabulator", notifications=False, sizing_mode="fixed")
+        pn.extension("tabulator", "filedropper", notifications=False, sizing_mode="fixed")
         _EXTENSION_LOADED = True
 
 
@@ -72,7 +74,8 @@ class Explorer(pn.viewable.Viewer):
         self.maps.on_star_clicked = self._star_clicked
         self.last_active = time.time()
         self.session.param.watch(self._touch, ["selection_version", "neighbours_version", "color"])
-        self._alert = pn.pane.Alert("", alert_type="info", visible=False, margin=(5, 10))
+        # Messages often repeat what a visitor typed or a URL carried: shown as text (app/text.py), never HTML.
+        self._alert = pn.pane.HTML("", visible=False, margin=(5, 10), sizing_mode="stretch_width")
         self.session.param.watch(self._show_message, ["message", "message_level"])
         self._layout = None
         if sync_url:
@@ -104,8 +107,7 @@ class Explorer(pn.viewable.Viewer):
 
     def _show_message(self, *_):
         s = self.session
-        self._alert.object = s.message
-        self._alert.alert_type = s.message_level
+        self._alert.object = message_html(s.message, s.message_level) if s.message else ""
         self._alert.visible = bool(s.message)
 
     def _sync_url(self):
@@ -117,16 +119,29 @@ class Explorer(pn.viewable.Viewer):
         query = {k: (v[0].decode() if isinstance(v[0], bytes) else str(v[0]))
                  for k, v in (pn.state.session_args or {}).items() if v}
         query = {**dict(loc.query_params or {}), **query}
-        try:
-            if query.get("color"):
-                self.session.color = str(query["color"])
-            if query.get("selection"):
-                self.session.restore_selection(str(query["selection"]))
-            if query.get("target"):
-                self.search.restore_target(str(query["target"]))
-        except UserInputError as e:
-            self.session.notify(f"could not restore the view from the URL: {e}", "warning")
+        self.restore_view(query)
         loc.sync(self.session, {"color": "color", "selection_spec": "selection", "target": "target"})
+
+    def restore_view(self, query: dict) -> list[str]:
+        """Apply ``color``, ``selection`` and ``target`` from a URL's query. Each is checked on its own: a bad or
+        hostile value gives a message naming it, and the page opens with the rest. Returns the problems."""
+        problems = []
+        steps = (("color", self.maps.restore_colour), ("selection", self.session.restore_selection),
+                 ("target", self.search.restore_target))
+        for key, apply in steps:
+            value = query.get(key)
+            if not value:
+                continue
+            try:
+                apply(str(value))
+            except UserInputError as e:
+                problems.append(f"{key}: {e}")
+            except Exception as e:  # never let a URL break the page
+                log.warning("restoring %s from the URL failed", key, exc_info=True)
+                problems.append(f"{key}: {type(e).__name__}")
+        if problems:
+            self.session.notify("could not restore the view from the URL: " + "; ".join(problems), "warning")
+        return problems
 
     def header(self):
         d = self.data.describe()
@@ -140,10 +155,10 @@ class Explorer(pn.viewable.Viewer):
             notices.append(pn.pane.Alert(
                 "<b>Simulated survey.</b> The stars on this page come from the project's simulated Kepler x "
                 "LAMOST survey: credible physics, not real stars.", alert_type="warning", margin=(5, 10)))
-        model = (f"model run <code>{d['run']}</code> (config {d['model_config']}, fingerprint "
-                 f"{str(d['model_fingerprint'])[:12]})" if d["run"] else "no model run (uploads cannot be embedded)")
-        info = pn.pane.HTML(f"<small>Artifact set <code>{d['artifacts']}</code> ({d['kind']}, "
-                            f"{d['n_stars']:,} stars); {model}; embeddings: {', '.join(d['embeddings'])}</small>",
+        model = (f"model run <code>{esc(d['run'])}</code> (config {esc(d['model_config'])}, fingerprint "
+                 f"{esc(str(d['model_fingerprint'])[:12])})" if d["run"] else "no model run (uploads cannot be embedded)")
+        info = pn.pane.HTML(f"<small>Artifact set <code>{esc(d['artifacts'])}</code> ({esc(d['kind'])}, "
+                            f"{d['n_stars']:,} stars); {model}; embeddings: {esc(', '.join(d['embeddings']))}</small>",
                             margin=(0, 10))
         return pn.Column(*notices, info)
 
@@ -181,22 +196,85 @@ def create_app(artifacts: str | Path) -> pn.viewable.Viewable:
     return Explorer(artifacts, sync_url=True)
 
 
+LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
+# Uploads arrive in UPLOAD_CHUNK_BYTES chunks; no other message a page sends comes near this.
+WEBSOCKET_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class ServeError(ValueError):
+    """Bad `desa serve` options (the message says which)."""
+
+
+def websocket_origins(address: str, port: int, allowed=None) -> list[str]:
+    """Origins whose pages may open the websocket. Local addresses: localhost only. A public address: the
+    ``allowed`` HOST[:PORT] list (``--allow-websocket-origin``), else this machine's own names; never ``*``."""
+    if allowed:
+        out = []
+        for o in allowed:
+            o = str(o).strip()
+            if not o or o == "*" or "/" in o or any(c.isspace() for c in o):
+                raise ServeError(f"--allow-websocket-origin {o!r}: give HOST or HOST:PORT (no '*', no scheme)")
+            out.append(o if ":" in o.rsplit("]", 1)[-1] else f"{o}:{port}")
+        return out
+    local = [f"127.0.0.1:{port}", f"localhost:{port}"]
+    if address in LOCAL_ADDRESSES:
+        return local
+    import socket
+    names = {socket.gethostname(), socket.getfqdn()}
+    if address not in ("0.0.0.0", "", "::"):
+        names.add(address)
+    return local + [f"{n}:{port}" for n in sorted(names) if n]
+
+
+def read_login(path) -> str:
+    """What Panel's basic-auth provider takes from a ``--login`` file: the file itself when it is a JSON
+    object of user -> password, else its first line as one shared password (any user name)."""
+    import json
+    p = Path(path)
+    if not p.is_file():
+        raise ServeError(f"--login {p}: no such file")
+    text = p.read_text(encoding="utf-8")
+    try:
+        users = json.loads(text)
+    except ValueError:
+        users = None
+    if isinstance(users, dict):
+        if not users or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in users.items()):
+            raise ServeError(f"--login {p}: a JSON login file maps user names to non-empty passwords")
+        return str(p.resolve())
+    secret = text.splitlines()[0].strip() if text.strip() else ""
+    if len(secret) < 8:
+        raise ServeError(f"--login {p}: the shared password must have at least 8 characters")
+    return secret
+
+
 def serve(artifacts, port: int = 5006, address: str = "127.0.0.1", num_threads: int = 4, show: bool = False,
-          admin: bool = False):
+          admin: bool = False, allow_websocket_origin=None, login=None):
     """Serve the dashboard over an artifact folder until interrupted: one process, ``num_threads`` worker
     threads, data shared by all sessions. The artifact set is loaded (and the renderers warmed) before the
-    first visitor arrives; ``/liveness`` answers once the server is up; ``admin`` adds Panel's /admin page."""
+    first visitor arrives; ``/liveness`` answers once the server is up; ``admin`` adds Panel's /admin page.
+
+    ``allow_websocket_origin``: HOST[:PORT] names a public server is reached under (see
+    :func:`websocket_origins`); ``login``: a file with a shared password or a JSON user -> password map
+    (Panel's basic-auth login page; see docs/dashboard.md, "Running on a lab server")."""
     _ensure_extension()
+    origins = websocket_origins(address, port, allow_websocket_origin)
+    auth = {}
+    if login:
+        import secrets
+        auth = {"basic_auth": read_login(login),
+                "cookie_secret": os.environ.get("DESA_COOKIE_SECRET") or secrets.token_urlsafe(32)}
     data = load_app_data(artifacts)
     _warm(data)
-    local = address in ("127.0.0.1", "localhost", "::1")
     url_host = address if address not in ("0.0.0.0", "", "::") else "localhost"
-    # Bound to a public interface, visitors arrive under names we cannot know: accept any origin there.
-    origins = [f"127.0.0.1:{port}", f"localhost:{port}"] if local else "*"
-    log.info("serving %s at http://%s:%d/", artifacts, url_host, port)
+    if address not in LOCAL_ADDRESSES and not login:
+        log.warning("serving on %s without a login: anyone who can reach port %d can use the page "
+                    "(see docs/dashboard.md, 'Running on a lab server')", address, port)
+    log.info("serving %s at http://%s:%d/ (websocket origins: %s%s)", artifacts, url_host, port,
+             ", ".join(origins), "; login required" if login else "")
     return pn.serve({"/": lambda: create_app(artifacts)}, port=port, address=address, show=show,
                     num_threads=num_threads or None, title="DESA Explorer", liveness=True, admin=admin,
-                    websocket_origin=origins, websocket_max_message_size=64 * 1024 * 1024)
+                    websocket_origin=origins, websocket_max_message_size=WEBSOCKET_MAX_MESSAGE_BYTES, **auth)
 
 
 def _warm(data: AppData):

@@ -17,7 +17,6 @@ restored exactly.
 """
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import os
@@ -30,6 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import param
+
+from app.expressions import ExpressionError, Schema, category_codes, compile_expression
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ KEY_COLUMNS = ["star_id", "teff", "logg", "feh", "prot_days", "age_gyr", "binary
 INTERNAL_COLUMNS = {"lc_row", "spec_row", "umap_x", "umap_y", "row"}
 
 MAX_CATEGORIES = 32
+RETRY_S = 30.0   # a failed survey-store or model load is retried after this long
 
 
 class UserInputError(ValueError):
@@ -103,7 +105,12 @@ class AppData:
                 self.numeric_columns.append(c)
             elif s.nunique(dropna=True) <= MAX_CATEGORIES:
                 self.categorical_columns.append(c)
+        # What population expressions may name (app/expressions.py): numeric, boolean, categorical columns.
+        self.schema = Schema(numeric=set(self.numeric_columns), boolean=set(self.boolean_columns),
+                             categories={c: sorted(self.stars[c].dropna().astype(str).unique())
+                                         for c in self.categorical_columns})
         self._columns: dict[str, np.ndarray] = {}
+        self._expr_columns: dict[str, np.ndarray] = {}
         self._limits: dict[str, tuple[float, float]] = {}
         self._ranges: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {}
         self._embeddings: dict[str, np.ndarray] = {}
@@ -113,9 +120,10 @@ class AppData:
         self._sky = None
         self._survey = None
         self._survey_rows = None
-        self._survey_error: str | None = None
+        self._survey_error: tuple[float, str] | None = None     # (when, why): retried after RETRY_S
         self._embedder = None
-        self._embedder_error: str | None = None
+        self._embedder_error: tuple[float, str] | None = None   # (when, why): retried after RETRY_S
+        self._embedder_lock = threading.Lock()   # a model load must not hold the lock every search takes
         self.embedding_names = [k for k in ("desa", "light_curve", "spectrum")
                                 if k in (self.manifest.get("embeddings") or {})]
         for m in MAPS.values():  # the map coordinates are needed by every session: load them now
@@ -265,21 +273,66 @@ class AppData:
         self.index(name)  # opened once under the lock, then shared
         return self.artifacts.search(name, queries, k, subset_ids=subset_ids)
 
+    # --- expressions ---------------------------------------------------------------------------------
+    def expression_column(self, name: str) -> np.ndarray:
+        """A column as the expression sandbox reads it: float32 (numeric), bool (boolean, missing = False) or
+        int16 category codes (categorical, -1 = missing), computed once and shared."""
+        arr = self._expr_columns.get(name)
+        if arr is None:
+            if name in self.schema.categories:
+                arr = category_codes(self.stars[name].to_numpy(), self.schema.categories[name])
+            elif name in self.schema.boolean:
+                arr = self.column(name) == 1
+            else:
+                return self.column(name)
+            arr.setflags(write=False)
+            self._expr_columns[name] = arr
+        return arr
+
+    def evaluate(self, expr: str) -> np.ndarray:
+        """Boolean mask of the stars matching a population expression (bounded cost: app/expressions.py)."""
+        try:
+            return compile_expression(expr, self.schema).evaluate(self.expression_column, self.n)
+        except ExpressionError as e:
+            raise UserInputError(str(e)) from None
+
     # --- survey store (previews) and model (uploads) --------------------------------------------------
+    def _failed_recently(self, err) -> bool:
+        return err is not None and time.monotonic() - err[0] < RETRY_S
+
     def survey(self):
-        """The SurveyStore behind the artifacts, or None (synthetic sets have none)."""
+        """The SurveyStore behind the artifacts, or None (synthetic sets have none, or it is unusable: see
+        :meth:`survey_problem`). The store must be the one the artifact set was built from: its manifest's
+        sha256 is compared with the one precompute recorded before any of its arrays is shown."""
         with self._lock:
-            if self._survey is None and self._survey_error is None:
+            if self._survey is None and not self._failed_recently(self._survey_error):
+                problem = None
                 try:
-                    self._survey = self.artifacts.survey_store()
+                    store = self.artifacts.survey_store()
                 except Exception as e:  # a moved or deleted store must not take the dashboard down
-                    log.warning("survey store unavailable: %s", e)
-                    self._survey_error = str(e)
-                if self._survey is None and self._survey_error is None:
-                    self._survey_error = "this artifact set has no survey store (no light curves or spectra)"
-                if self._survey is not None:
-                    self._survey_rows = pd.Index(self._survey.catalog["star_id"].astype(str).to_numpy())
+                    store, problem = None, f"the survey store is unavailable: {e}"
+                if store is None and problem is None:
+                    problem = "this artifact set has no survey store (no light curves or spectra)"
+                if store is not None:
+                    from desa_core.data.store import sha256_file
+                    want = (self.manifest.get("survey") or {}).get("manifest_sha256")
+                    have = sha256_file(Path(store.path) / "manifest.json")
+                    if want and have != want:
+                        problem = (f"the survey store at {store.path} has changed since this artifact set was built "
+                                   f"(manifest sha256 {have[:12]}, the artifact set recorded {want[:12]}): its light "
+                                   f"curves and spectra are not shown; rerun `desa precompute`")
+                        store = None
+                if problem:
+                    log.warning("%s", problem)
+                    self._survey_error = (time.monotonic(), problem)
+                else:
+                    self._survey, self._survey_error = store, None
+                    self._survey_rows = pd.Index(store.catalog["star_id"].astype(str).to_numpy())
             return self._survey
+
+    def survey_problem(self) -> str | None:
+        """Why no light curves or spectra are shown (None when the survey store is usable)."""
+        return None if self.survey() is not None else (self._survey_error or (0, None))[1]
 
     def light_curve(self, row: int):
         """(time, flux) of the star at a row, or None."""
@@ -298,21 +351,41 @@ class AppData:
         return None if r < 0 else s.spectrum(int(r))
 
     def embedder(self):
-        """The model for live embedding of uploads; raises UserInputError saying why it is unavailable."""
-        with self._lock:
-            if self._embedder is None and self._embedder_error is None:
+        """The model for live embedding of uploads; raises UserInputError saying why it is unavailable.
+
+        The model at the run path must be the one that built this artifact set (same fingerprint), or
+        uploads would land in another embedding space than the stars they are compared with. A failure is
+        remembered for RETRY_S seconds, then tried again (a run being retrained becomes usable again)."""
+        if self._embedder is not None:
+            return self._embedder
+        with self._embedder_lock:   # only uploads wait here; searches and selections never take this lock
+            if self._embedder is None and not self._failed_recently(self._embedder_error):
+                run = self.manifest.get("run") or {}
                 run_path = getattr(self.artifacts, "run_path", None)
+                problem = None
                 if not run_path:
-                    self._embedder_error = "this artifact set has no model run, so uploads cannot be embedded"
+                    problem = "this artifact set has no model run, so uploads cannot be embedded"
                 else:
                     try:
                         from desa_core.models.inference import Embedder
-                        self._embedder = Embedder.from_run(run_path)
+                        emb = Embedder.from_run(run_path, device="cpu")
                     except Exception as e:
-                        log.warning("model for live embedding unavailable: %s", e)
-                        self._embedder_error = f"the model at {run_path} could not be loaded: {e}"
+                        problem = f"the model at {run_path} could not be loaded: {e}"
+                    else:
+                        want = str(run.get("fingerprint") or "")
+                        if want and emb.fingerprint != want:
+                            problem = (f"the model at {run_path} (fingerprint {emb.fingerprint[:12]}) is not the one "
+                                       f"that built this artifact set (fingerprint {want[:12]}): it was retrained "
+                                       f"since; uploads are refused until `desa precompute` is rerun with it")
+                        else:
+                            self._embedder = emb
+                if problem:
+                    log.warning("%s", problem)
+                    self._embedder_error = (time.monotonic(), problem)
+                else:
+                    self._embedder_error = None
             if self._embedder is None:
-                raise UserInputError(self._embedder_error)
+                raise UserInputError(self._embedder_error[1])
             return self._embedder
 
 
@@ -343,57 +416,6 @@ def load_app_data(path) -> AppData:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Safe expressions over catalogue columns
-# --------------------------------------------------------------------------------------------------------
-
-_ALLOWED_NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
-                  ast.Invert, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.Mod, ast.FloorDiv,
-                  ast.BitAnd, ast.BitOr, ast.Compare, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE,
-                  ast.In, ast.NotIn, ast.Name, ast.Load, ast.Constant, ast.List, ast.Tuple)
-
-
-def check_expression(expr: str, columns) -> list[str]:
-    """Validate a population expression; return the columns it uses.
-
-    Only column names, numbers, strings, comparisons, arithmetic, ``and``/``or``/``not``, ``in [..]`` are
-    allowed: no calls, attributes, subscripts or ``@`` variables, so nothing but the catalogue is reachable.
-    """
-    if not expr or not expr.strip():
-        raise UserInputError("the expression is empty")
-    if len(expr) > 2000:
-        raise UserInputError("the expression is too long (2000 characters at most)")
-    try:
-        tree = ast.parse(expr.strip(), mode="eval")
-    except SyntaxError as e:
-        raise UserInputError(f"cannot parse expression {expr!r}: {e.msg}") from None
-    used = []
-    for node in ast.walk(tree):
-        if not isinstance(node, _ALLOWED_NODES):
-            raise UserInputError(f"{type(node).__name__} is not allowed in an expression: use column names, "
-                                 f"numbers, strings, comparisons, and/or/not")
-        if isinstance(node, ast.Name) and node.id not in ("True", "False"):
-            if node.id not in columns:
-                raise UserInputError(f"unknown column {node.id!r} in {expr!r}")
-            used.append(node.id)
-        if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float, str, bool)):
-            raise UserInputError(f"constant {node.value!r} is not allowed")
-    return sorted(set(used))
-
-
-def evaluate_expression(stars: pd.DataFrame, expr: str) -> np.ndarray:
-    """Boolean mask of the stars matching a safe expression (pandas eval over the columns it names)."""
-    used = check_expression(expr, stars.columns)
-    try:
-        out = stars[used].eval(expr.strip(), engine="python", local_dict={}, global_dict={})
-    except Exception as e:  # type errors such as comparing a string column with a number
-        raise UserInputError(f"cannot evaluate {expr!r}: {e}") from None
-    out = np.asarray(out)
-    if out.dtype != bool or out.shape != (len(stars),):
-        raise UserInputError(f"{expr!r} does not give true/false for each star")
-    return out
-
-
-# --------------------------------------------------------------------------------------------------------
 # Per-session state
 # --------------------------------------------------------------------------------------------------------
 
@@ -403,6 +425,76 @@ PRESET_POPULATIONS = {
     "young fast rotators": "prot_days < 7 and binary_class == 'single' and age_gyr < 1",
 }
 MAX_URL_SPEC = 1800
+# Bounds on a selection spec (it may come from a URL): steps in all, nesting of groups, ids, lasso vertices.
+MAX_SPEC_CHARS = 20_000
+MAX_STEPS = 64
+MAX_GROUP_DEPTH = 4
+MAX_IDS = 10_000
+MAX_LASSO_VERTICES = 256
+STEP_KINDS = ("box", "lasso", "query", "ids", "group", "all", "range")
+
+
+def _finite(v, what) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise UserInputError(f"{what} must be a finite number, not {str(v)[:40]!r}")
+    return float(v)
+
+
+def validate_steps(steps, columns=(), depth: int = 0, budget: list | None = None) -> list:
+    """Check a selection spec (a list of steps) before anything is computed from it; returns a clean copy.
+
+    Every step is ``[mode, kind, ...args]`` with the arity and types of its kind; unknown maps, modes and
+    kinds, non-finite numbers, oversized id lists or polygons and too deep or too many groups are refused
+    with a UserInputError that says which step is wrong. ``columns``: the columns a range step may use."""
+    budget = budget if budget is not None else [MAX_STEPS]
+    if depth > MAX_GROUP_DEPTH:
+        raise UserInputError(f"selection groups are nested more than {MAX_GROUP_DEPTH} deep")
+    if not isinstance(steps, list):
+        raise UserInputError("a selection is a list of steps")
+    out = []
+    for i, step in enumerate(steps):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise UserInputError(f"a selection may have at most {MAX_STEPS} steps")
+        where = f"selection step {i + 1}"
+        if not isinstance(step, list) or len(step) < 2 or not all(isinstance(x, str) for x in step[:2]):
+            raise UserInputError(f"{where} is not of the form [mode, kind, ...]")
+        mode, kind, args = step[0], step[1], step[2:]
+        if mode not in SELECT_MODES:
+            raise UserInputError(f"{where}: unknown mode {mode[:20]!r} (use {', '.join(SELECT_MODES)})")
+        if kind not in STEP_KINDS:
+            raise UserInputError(f"{where}: unknown kind {kind[:20]!r} (use {', '.join(STEP_KINDS)})")
+        arity = {"box": 5, "lasso": 2, "query": 1, "ids": 1, "group": 1, "all": 0, "range": 3}[kind]
+        if len(args) != arity:
+            raise UserInputError(f"{where}: a {kind} step takes {arity} values, not {len(args)}")
+        if kind in ("box", "lasso") and args[0] not in MAPS:
+            raise UserInputError(f"{where}: unknown map {str(args[0])[:20]!r} (use {', '.join(MAPS)})")
+        if kind == "box":
+            args = [args[0]] + [_finite(v, f"{where}: a box corner") for v in args[1:]]
+        elif kind == "lasso":
+            flat = args[1]
+            if not isinstance(flat, list) or len(flat) % 2 or not 6 <= len(flat) <= 2 * MAX_LASSO_VERTICES:
+                raise UserInputError(f"{where}: a lasso needs 3 to {MAX_LASSO_VERTICES} (x, y) vertices")
+            args = [args[0], [_finite(v, f"{where}: a lasso vertex") for v in flat]]
+        elif kind == "query":
+            if not isinstance(args[0], str):
+                raise UserInputError(f"{where}: a query step holds the expression as text")
+        elif kind == "ids":
+            ids = args[0]
+            if not isinstance(ids, list) or len(ids) > MAX_IDS or not all(isinstance(x, (str, int)) for x in ids):
+                raise UserInputError(f"{where}: an ids step holds a list of at most {MAX_IDS} star ids")
+            args = [[str(x)[:64] for x in ids]]
+        elif kind == "group":
+            if not isinstance(args[0], list) or not args[0]:
+                raise UserInputError(f"{where}: a group holds a non-empty list of steps")
+            args = [validate_steps(args[0], columns, depth + 1, budget)]
+        elif kind == "range":
+            col = args[0]
+            if not isinstance(col, str) or col not in columns:
+                raise UserInputError(f"{where}: unknown column {str(col)[:30]!r} for a range")
+            args = [col, _finite(args[1], f"{where}: a range end"), _finite(args[2], f"{where}: a range end")]
+        out.append([mode, kind, *args])
+    return out
 CURRENT_SELECTION, ALL_STARS = "(current selection)", "(all stars)"
 
 
@@ -455,6 +547,7 @@ class Session(param.Parameterized):
 
     # --- selection ----------------------------------------------------------------------------------
     def _step_mask(self, step) -> np.ndarray:
+        """The stars one validated step picks out (before its mode combines it with the rest)."""
         kind = step[1]
         if kind == "box":
             _, _, view, x0, x1, y0, y1 = step
@@ -465,11 +558,13 @@ class Session(param.Parameterized):
             _, _, view, flat = step
             m = MAPS[view]
             verts = np.asarray(flat, dtype=np.float64).reshape(-1, 2)
-            if len(verts) < 3:
-                raise UserInputError("a lasso needs at least three points")
             return _points_in_polygon(self.data.column(m.x), self.data.column(m.y), verts)
+        if kind == "range":
+            _, _, col, lo, hi = step
+            v = self.data.column(col)
+            return (v >= min(lo, hi)) & (v <= max(lo, hi))
         if kind == "query":
-            return evaluate_expression(self.data.stars, step[2])
+            return self.data.evaluate(step[2])
         if kind == "ids":
             mask = np.zeros(self.data.n, dtype=bool)
             mask[self.data.rows_of(step[2])] = True
@@ -479,6 +574,10 @@ class Session(param.Parameterized):
         if kind == "all":
             return np.ones(self.data.n, dtype=bool)
         raise UserInputError(f"unknown selection step {kind!r}")
+
+    def validate(self, steps) -> list:
+        """A spec checked against this artifact set (see :func:`validate_steps`)."""
+        return validate_steps(steps, self.data.colour_columns)
 
     def _fold(self, steps) -> np.ndarray | None:
         mask = None
@@ -509,7 +608,7 @@ class Session(param.Parameterized):
     def apply_step(self, kind: str, *args, mode: str | None = None):
         """Combine the current selection with one region/expression/id list (mode: new, add, and, sub)."""
         mode = mode or self.select_mode
-        step = [mode, kind, *args]
+        step = self.validate([[mode, kind, *args]])[0]
         m = self._step_mask(step)
         with self._lock:
             base = self.selection
@@ -548,16 +647,18 @@ class Session(param.Parameterized):
         self._commit([], None)
 
     def restore_selection(self, spec: str):
-        """Recompute the selection from a spec (e.g. from the page URL)."""
+        """Recompute the selection from a spec (e.g. from the page URL); a malformed or hostile spec is refused
+        with a UserInputError and leaves the current selection as it was."""
         if not spec:
             self.clear_selection()
             return
+        if len(spec) > MAX_SPEC_CHARS:
+            raise UserInputError(f"cannot restore the selection: the spec is longer than {MAX_SPEC_CHARS} characters")
         try:
             steps = json.loads(spec)
-            if not isinstance(steps, list) or not all(isinstance(s, list) and len(s) >= 2 for s in steps):
-                raise ValueError("not a list of steps")
-        except ValueError as e:
-            raise UserInputError(f"cannot restore the selection from the URL: {e}") from None
+        except (ValueError, RecursionError) as e:
+            raise UserInputError(f"cannot restore the selection from the URL: not JSON ({str(e)[:80]})") from None
+        steps = self.validate(steps)
         self._commit(steps, self._fold(steps))
 
     @property
@@ -577,10 +678,13 @@ class Session(param.Parameterized):
         name = (name or "").strip()
         if not name:
             raise UserInputError("give the population a name")
+        if len(name) > 80:
+            raise UserInputError("a population name may have at most 80 characters")
         if expr is not None:
-            steps = [["new", "query", expr.strip()]]
+            steps = self.validate([["new", "query", expr.strip()]])
             mask = self._fold(steps)
         elif steps is not None:
+            steps = self.validate(steps)
             mask = self._fold(steps)
         else:
             if self.selection is None:

@@ -71,7 +71,7 @@ def dev_features(run: Path, dev_survey: Path, seed: int, dev_run: Path):
     from desa_core.train import distributed as ddp
     from desa_core.train import run as tr
     from desa_core.train import stages as st
-    from desa_core.train.alignment import load_features
+    from desa_core.rundir import load_features
     if not (dev_survey / "manifest.json").is_file():
         log.info("simulating the dev survey (seed %d) into %s", seed, dev_survey)
         simulate_survey(out=dev_survey, seed=seed)
@@ -217,7 +217,8 @@ def main() -> None:
 
     from desa_core.evaluate.run import _raw_representation, open_run
     from desa_core.models.baselines import BaselineConfig, embed_alignment_baseline, fit_alignment_baseline
-    from desa_core.train.alignment import FrozenFeatures, embed_dualformer, load_dualformer
+    from desa_core.rundir import FrozenFeatures, RunDir
+    from desa_core.train.alignment import embed_dualformer
     torch.set_num_threads(a.threads)
     run = Path(a.run)
     inp = open_run(run)
@@ -241,7 +242,7 @@ def main() -> None:
         record(name, np.asarray(o_dev["embedding"]), head(o_run), head(o_dev), **extra,
                degeneracy=degeneracy(model, init, o_run, score.val & both))
 
-    desa("desa (the run's)", load_dualformer(run), {}, seed=int(cfg.train.seed))   # the seed the run trained with
+    desa("desa (the run's)", RunDir.open(run).dualformer(), {}, seed=int(cfg.train.seed))   # the seed the run trained with
     # concat: standardised with the run's training stars, dev stars appended so one function does both
     both_f = FrozenFeatures(*(np.concatenate([getattr(feats, k), getattr(dev_feats, k)]) for k in
                               ("star_id", "z_lc", "z_spec", "has_lc", "has_spec", "split")))

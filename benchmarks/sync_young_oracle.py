@@ -60,13 +60,14 @@ def embedding_readouts(run: Path) -> dict:
     from desa_core.evaluate.metrics import knn_balanced_accuracy
     from desa_core.evaluate.run import _raw_representation, open_run
     from desa_core.evaluate.tasks import sync_young_labels, sync_young_population
-    from desa_core.train.alignment import embed_dualformer, load_dualformer
+    from desa_core.rundir import RunDir
+    from desa_core.train.alignment import embed_dualformer
     inp = open_run(run)
     f, cat = inp.features, inp.catalog
     used, info = sync_young_population(cat, f.has_lc & f.has_spec)
     y = sync_young_labels(cat)[used]
     train = cat["split"].to_numpy() == "train"
-    embs = {"desa": embed_dualformer(load_dualformer(run), f)["embedding"]}
+    embs = {"desa": embed_dualformer(RunDir.open(run).dualformer(), f)["embedding"]}
     embs.update({k: _raw_representation(k, f, train).embedding for k in ("lc_only", "concat")})
     skipped = []
     for k in ("clip", "moco", "vicreg", "simsiam"):

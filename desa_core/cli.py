@@ -53,7 +53,8 @@ def _precompute(a):
 
 def _serve(a):
     from app.main import serve
-    serve(artifacts=a.artifacts, port=a.port, address=a.address, num_threads=a.num_threads, show=a.show)
+    serve(artifacts=a.artifacts, port=a.port, address=a.address, num_threads=a.num_threads, show=a.show,
+          allow_websocket_origin=a.allow_websocket_origin, login=a.login)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", default="127.0.0.1")
     s.add_argument("--num-threads", type=int, default=4)
     s.add_argument("--show", action="store_true", help="open a browser")
+    s.add_argument("--allow-websocket-origin", action="append", default=None, metavar="HOST[:PORT]",
+                   help="a name the page is reached under (repeatable); for --address 0.0.0.0 the default is this "
+                        "machine's own host names, never '*'")
+    s.add_argument("--login", default=None, metavar="FILE",
+                   help="require a login: FILE holds one shared password (first line) or a JSON object of "
+                        "user -> password")
     s.set_defaults(func=_serve)
     return p
 
@@ -125,10 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError) as e:  # user errors: a clear message, no traceback
-        print(f"desa {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except project_errors() as e:  # the project's own errors: one line that names the file or option
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"desa {args.command}: error: {msg}", file=sys.stderr)
+        logging.getLogger("desa").debug("details", exc_info=True)
+        return 1
     return int(rc or 0)
+
+
+def project_errors() -> tuple:
+    """Exceptions that mean bad input or a bad folder (never a bug): every project error type derives from
+    ValueError, except ArtifactError; missing or unreadable user paths raise the OSError subclasses below."""
+    from desa_core.artifacts import ArtifactError
+    return (ValueError, ArtifactError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 if __name__ == "__main__":

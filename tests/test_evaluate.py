@@ -72,7 +72,8 @@ def fake_features(cat: pd.DataFrame, seed=0):
 
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory):
-    from desa_core.train.alignment import load_features, train_dualformer
+    from desa_core.rundir import load_features
+    from desa_core.train.alignment import train_dualformer
     root = tmp_path_factory.mktemp("evalrun")
     cat = fake_catalog()
     with SurveyWriter(root / "survey", n_lc=int(cat.has_light_curve.sum()), n_spec=int(cat.has_spectrum.sum()),
@@ -181,7 +182,8 @@ def test_evaluate_writes_full_layout(fake_run, tmp_path):
 
 
 def test_train_heads_saves_and_evaluate_uses_them(fake_run, tmp_path):
-    from desa_core.train.heads import load_heads, predict_heads, train_heads
+    from desa_core.rundir import load_heads
+    from desa_core.train.heads import predict_heads, train_heads
     path = train_heads(fake_run, progress=False)
     heads = load_heads(path)
     p, (lo, mid, hi) = predict_heads(heads, np.zeros((3, heads["binary"].mean.shape[0]), np.float32))
@@ -193,7 +195,7 @@ def test_train_heads_saves_and_evaluate_uses_them(fake_run, tmp_path):
 def test_evaluate_rejects_unknown_model_and_missing_run(fake_run, tmp_path):
     with pytest.raises(ValueError, match="unknown model keys"):
         evaluate(fake_run, tmp_path / "m.json", models=["desa", "bert"])
-    with pytest.raises(FileNotFoundError, match="run folder not found"):
+    with pytest.raises(ValueError, match="no run folder here"):
         evaluate(tmp_path / "nope", tmp_path / "m.json")
 
 

@@ -211,7 +211,7 @@ def test_cli_ingest(tmp_path, capsys):
     assert SurveyStore.open(tmp_path / "out").manifest["ingest_report"]["match_radius_arcsec"] == 2.0
     bad = write_not_fits(tmp_path / "cat.csv")
     assert main(["ingest", "--light-curves", str(lc), "--spectra", str(sp), "--catalog", str(bad),
-                 "--out", str(tmp_path / "out2")]) == 2
+                 "--out", str(tmp_path / "out2")]) == 1
     assert str(bad) in capsys.readouterr().err
     # A catalogue that matches nothing: nothing written, exit status 1.
     other = write_catalogue(tmp_path / "other.csv", {"kic": [1, 2], "ra": [10.0, 11.0], "dec": [0.0, 1.0]}, "csv")

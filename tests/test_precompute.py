@@ -137,8 +137,8 @@ def test_bad_arguments(tmp_path):
         fcntl.flock(f, fcntl.LOCK_EX)
         with pytest.raises(PrecomputeError, match="another precompute"):
             run_precompute(synthetic=10, out=busy)
-    # The CLI turns these into a one-line error and exit code 2.
-    assert desa_main(["precompute", "--out", str(tmp_path / "x")]) == 2
+    # The CLI turns these into a one-line error and exit code 1.
+    assert desa_main(["precompute", "--out", str(tmp_path / "x")]) == 1
 
 
 # ------------------------------------------------------------------ survey + trained run (the real path)

@@ -91,6 +91,6 @@ def test_cli_simulate_with_yaml_config(tmp_path, capsys):
     assert len(s) == 120 and s.manifest["config"]["light_curve"]["duration_days"] == 10.0
     bad = tmp_path / "bad.yaml"
     bad.write_text("n_starz: 3\n")
-    assert desa_main(["simulate", "--out", str(tmp_path / "x"), "--config", str(bad)]) == 2
+    assert desa_main(["simulate", "--out", str(tmp_path / "x"), "--config", str(bad)]) == 1
     assert "n_starz" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

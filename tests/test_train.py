@@ -13,9 +13,9 @@ from desa_core.data.preprocess import clean_light_curve, light_curve_channels, p
 from desa_core.data.store import SurveyStore
 from desa_core.models.config import get_config
 from desa_core.models.inference import Embedder
-from desa_core.train import run as run_mod, stages
-from desa_core.train.alignment import (FrozenFeatures, embed_dualformer, load_dualformer, load_features,
-                                       train_dualformer)
+from desa_core.train import loop, run as run_mod, stages
+from desa_core.rundir import FrozenFeatures, RunDir, load_features
+from desa_core.train.alignment import embed_dualformer, train_dualformer
 from desa_core.train.run import train
 from tiny_survey import make_tiny_survey
 
@@ -118,7 +118,7 @@ def test_embedder_matches_training_features_and_covers_every_star(trained, surve
     np.testing.assert_allclose(out["light_curve"][f.has_lc], f.z_lc[f.has_lc], atol=1e-4)
     np.testing.assert_allclose(out["spectrum"][f.has_spec], f.z_spec[f.has_spec], atol=1e-4)
     assert np.isnan(out["light_curve"][~f.has_lc]).all() and np.isnan(out["spectrum"][~f.has_spec]).all()
-    ref = embed_dualformer(load_dualformer(trained), f)
+    ref = embed_dualformer(RunDir.open(trained).dualformer(), f)
     np.testing.assert_allclose(out["desa"], ref["embedding"], atol=1e-4)
     # the fast path (saved features of the training survey) agrees with recomputing from raw arrays
     fast = emb.embed_store(store, batch_size=16, progress=False)
@@ -139,8 +139,11 @@ def test_embedder_matches_training_features_and_covers_every_star(trained, surve
 
 
 def test_embedder_on_a_folder_that_is_not_a_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a DESA run folder"):
+    from desa_core.rundir import RunDirError
+    with pytest.raises(RunDirError, match="not a DESA run folder"):
         Embedder.from_run(tmp_path)
+    with pytest.raises(RunDirError, match="no run folder here"):
+        Embedder.from_run(tmp_path / "nothing")
 
 
 def test_rerun_skips_complete_stages(trained, survey, no_heads):
@@ -196,7 +199,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(trained, survey, tm
             kills.discard((stage, epoch))
             raise Interrupt(f"simulated kill after {stage} epoch {epoch}")
 
-    monkeypatch.setattr(stages, "_after_epoch", hook)
+    monkeypatch.setattr(loop, "_after_epoch", hook)
     out = tmp_path / "resumed"
     for _ in range(2):
         with pytest.raises(Interrupt):

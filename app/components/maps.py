@@ -36,6 +36,7 @@ import panel as pn
 from panel.io.document import unlocked
 
 from app.state import MAPS, Session, UserInputError
+from app.text import esc
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class Maps(pn.viewable.Viewer):
         self.clear_button = pn.widgets.Button(label="Clear selection", width=120)
         self.clear_button.on_click(lambda e: session.clear_selection())
         self.count = pn.pane.Markdown(self._count_text(), margin=(5, 10))
-        self.colour_label = pn.pane.Markdown(self._colour_text(), margin=(5, 10))
+        self.colour_label = pn.pane.HTML(self._colour_text(), margin=(5, 10))
         session.param.watch(lambda *e: setattr(self.count, "object", self._count_text()),
                             ["selection_count", "selection_version"])
         session.param.watch(lambda *e: setattr(self.colour_label, "object", self._colour_text()),
@@ -187,7 +188,14 @@ class Maps(pn.viewable.Viewer):
         if values is None:
             return "Colour: log10 stars per pixel"
         label = self.session.prediction_label if name == "probe prediction" else name
-        return f"Colour: mean {label} per pixel"
+        return f"Colour: mean {esc(label)} per pixel"
+
+    def restore_colour(self, name: str):
+        """Colour the maps by ``name`` (from a URL): only the page's own colour options are accepted."""
+        if name not in self.colour_select.options:
+            raise UserInputError(f"no colour {name[:40]!r}; the maps can be coloured by "
+                                 f"{', '.join(map(str, self.colour_select.options[:8]))}, ...")
+        self.session.color = name
 
     def _on_colour(self, event):
         if self.colour_select.value != event.new and event.new in self.colour_select.options:

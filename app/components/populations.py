@@ -25,6 +25,7 @@ import param
 
 from app.state import (ALL_STARS, CURRENT_SELECTION, EMBEDDING_LABELS, MAPS, PRESET_POPULATIONS, AppData, Session,
                        UserInputError)
+from app.text import esc
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def compare_histograms(data: AppData, mask_a: np.ndarray, mask_b: np.ndarray, la
         if len(both) == 0:
             continue
         lo, hi = np.percentile(both, [0.5, 99.5])
-        log_scale = col == "prot_days" and lo > 0
+        log_scale = bool(col == "prot_days" and lo > 0)  # a numpy bool is refused by HoloViews options
         if log_scale:
             edges = np.logspace(np.log10(lo), np.log10(hi), 31)
         else:
@@ -191,8 +192,8 @@ class Populations(pn.viewable.Viewer):
         score_rows = [{"embedding": EMBEDDING_LABELS.get(s["embedding"], s["embedding"]),
                        "k-NN balanced accuracy": round(s["balanced_accuracy"], 3),
                        "stars per population": s["n_per_class"]} for s in result["scores"]]
-        legend = (f"<span style='color:{COLOUR_A}'>&#9632; {a}</span> ({result['n_a']:,} stars) vs "
-                  f"<span style='color:{COLOUR_B}'>&#9632; {b}</span> ({result['n_b']:,} stars); "
+        legend = (f"<span style='color:{COLOUR_A}'>&#9632; {esc(a)}</span> ({result['n_a']:,} stars) vs "
+                  f"<span style='color:{COLOUR_B}'>&#9632; {esc(b)}</span> ({result['n_b']:,} stars); "
                   f"{result['n_both']:,} in both")
         self._compare.objects = [
             pn.pane.HTML(legend),
@@ -242,8 +243,9 @@ class Populations(pn.viewable.Viewer):
         b_cmp.on_click(lambda e: self._guard(self.compare))
         return pn.Column(
             pn.Row(preset, pn.widgets.TextInput.from_param(self.param.pop_name, label="Population name", width=240)),
-            expr, pn.pane.Markdown(f"Columns: {cols}. Operators: `< <= == != >= >`, `and`, `or`, `not`, "
-                                   f"`in ['a', 'b']`, arithmetic.", styles={"font-size": "90%"}),
+            expr, pn.pane.HTML(f"Columns: {esc(cols)}. Operators: <code>&lt; &lt;= == != &gt;= &gt;</code>, "
+                               f"<code>and</code>, <code>or</code>, <code>not</code>, <code>in ['a', 'b']</code>, "
+                               f"arithmetic.", styles={"font-size": "90%"}),
             pn.Row(b_sel, b_save, b_save_sel),
             self._list,
             pn.Row(pn.widgets.Select.from_param(self.param.pop_a, label="Population A", width=240),

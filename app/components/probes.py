@@ -21,6 +21,7 @@ import panel as pn
 import param
 
 from app.state import CURRENT_SELECTION, EMBEDDING_LABELS, AppData, Session, UserInputError
+from app.text import esc
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +208,9 @@ class Probes(pn.viewable.Viewer):
         return result
 
     def _show(self, r: ProbeResult):
-        summary = (f"**{r.metric} on {r.n_test:,} held-out stars**, probe ({r.kind}) fitted on {r.n_train:,} "
-                   f"labelled stars for *{r.target}* ({r.fit_s + r.predict_s:.2f} s)")
-        self._out.objects = [pn.pane.Markdown(summary),
+        summary = (f"<b>{esc(r.metric)} on {r.n_test:,} held-out stars</b>, probe ({r.kind}) fitted on "
+                   f"{r.n_train:,} labelled stars for <i>{esc(r.target)}</i> ({r.fit_s + r.predict_s:.2f} s)")
+        self._out.objects = [pn.pane.HTML(summary),
                              pn.widgets.Tabulator(r.table(), disabled=True, show_index=False, width=520)]
 
     def _fit_clicked(self, _):

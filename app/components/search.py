@@ -13,6 +13,8 @@ import os
 import re
 import tempfile
 import time
+import zlib
+from pathlib import Path
 
 import holoviews as hv
 import numpy as np
@@ -24,7 +26,11 @@ from app.state import CURRENT_SELECTION, EMBEDDING_LABELS, Session, UserInputErr
 
 log = logging.getLogger(__name__)
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024          # one uploaded file as sent (compressed or not)
+MAX_UPLOAD_TOTAL_BYTES = 40 * 1024 * 1024    # all files of one upload box together
+MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024    # a .gz upload expanded (a real Kepler quarter is ~0.5 MB)
+UPLOAD_CHUNK_BYTES = 1024 * 1024             # uploads travel in chunks of this size over the websocket
+MAX_LIGHT_CURVE_FILES = 20                   # Kepler has 18 quarters
 RESTRICT_ALL, RESTRICT_SELECTION = "all stars", CURRENT_SELECTION
 PREVIEW_NEIGHBOURS = 3
 
@@ -67,34 +73,145 @@ def _bin_series(x: np.ndarray, y: np.ndarray, n_bins: int = 1500):
     return sx[keep] / cnt[keep], sy[keep] / cnt[keep]
 
 
-def save_upload(data: bytes, filename: str, limit: int = MAX_UPLOAD_BYTES) -> str:
-    """Write uploaded bytes to a private temporary file (the readers take paths); checks the size limit."""
+def _is_gzip(data: bytes, filename: str) -> bool:
+    return data[:2] == b"\x1f\x8b" or str(filename).lower().endswith(".gz")
+
+
+def save_upload(data: bytes, filename: str, limit: int = MAX_UPLOAD_BYTES,
+                max_decompressed: int = MAX_DECOMPRESSED_BYTES) -> str:
+    """Write uploaded bytes to a private temporary FITS file (the readers take paths) and return its path.
+
+    Checks the size limit; a gzip upload is decompressed here, a chunk at a time, and refused as soon as it
+    expands beyond ``max_decompressed`` (a small gzip can expand to gigabytes), so memory stays bounded."""
+    name = filename or "upload"
     if data is None or len(data) == 0:
-        raise UserInputError(f"{filename or 'upload'}: the file is empty")
+        raise UserInputError(f"{name}: the file is empty")
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
     if len(data) > limit:
-        raise UserInputError(f"{filename or 'upload'}: {len(data) / 1e6:.1f} MB is over the "
-                             f"{limit / 1e6:.0f} MB upload limit")
-    suffix = ".fits.gz" if str(filename).lower().endswith(".gz") else ".fits"
-    fd, path = tempfile.mkstemp(prefix="desa-upload-", suffix=suffix)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return path
+        raise UserInputError(f"{name}: {len(data) / 1e6:.1f} MB is over the {limit / 1e6:.0f} MB upload limit")
+    fd, path = tempfile.mkstemp(prefix="desa-upload-", suffix=".fits")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if not _is_gzip(data, name):
+                f.write(data)
+                return path
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            total, pending = 0, data
+            step = 1 << 20
+            try:
+                while pending and not d.eof:
+                    out = d.decompress(pending, step)
+                    pending = d.unconsumed_tail
+                    total += len(out)
+                    if total > max_decompressed:
+                        raise UserInputError(f"{name}: decompresses to more than {max_decompressed / 1e6:.0f} MB, "
+                                             f"the limit for a compressed upload")
+                    f.write(out)
+                    if not out and not pending:
+                        break
+            except zlib.error as e:
+                raise UserInputError(f"{name}: not a valid gzip file ({e})") from None
+            if not d.eof:
+                raise UserInputError(f"{name}: the gzip stream is truncated")
+        return path
+    except BaseException:
+        os.unlink(path)
+        raise
 
 
-def read_uploaded_light_curve(data: bytes, filename: str):
-    """(time [d], relative flux) from an uploaded Kepler light-curve FITS (one quarter)."""
+class BoundedFileDropper(pn.widgets.FileDropper):
+    """A file drop box whose limits hold on the server too.
+
+    The browser (FilePond) refuses a file above the size limit before sending it; because a hostile client
+    need not run that code, the server counts the chunks of each file as they arrive and drops a file (and its
+    buffered chunks) the moment it passes ``max_bytes``, or the box passes ``max_total_bytes`` or
+    ``max_files``. ``refused`` says which files were dropped and why."""
+
+    def __init__(self, max_bytes: int = MAX_UPLOAD_BYTES, max_files: int = 1,
+                 max_total_bytes: int = MAX_UPLOAD_TOTAL_BYTES, **params):
+        params.setdefault("chunk_size", UPLOAD_CHUNK_BYTES)
+        super().__init__(max_file_size=f"{max_bytes // 1024}KB", max_files=max_files, multiple=max_files > 1,
+                         max_total_file_size=f"{max_total_bytes // 1024}KB", **params)
+        self._max_bytes, self._max_files, self._max_total = int(max_bytes), int(max_files), int(max_total_bytes)
+        self._received: dict[str, int] = {}
+        self.refused: dict[str, str] = {}
+
+    def _refuse(self, name: str, why: str):
+        self._file_buffer.pop(name, None)
+        self._received.pop(name, None)
+        self.refused[name] = why
+        log.warning("upload %r refused: %s", name[:80], why)
+
+    def _process_event(self, event):
+        data = event.data or {}
+        name = str(data.get("name", ""))[:255]
+        data["name"] = name
+        if event.event_name == "delete_event":
+            self._received.pop(name, None)
+            self.refused.pop(name, None)
+            return super()._process_event(event)
+        chunk = data.get("data") or b""
+        if data.get("chunk") == 1:
+            self.refused.pop(name, None)
+            self._received[name] = 0
+        if name in self.refused or name not in self._received:
+            return  # a file already refused, or chunks without a first one
+        self._received[name] += len(chunk)
+        others = sum(len(v) for k, v in self.value.items() if k != name)
+        if self._received[name] > self._max_bytes:
+            return self._refuse(name, f"over the {self._max_bytes / 1e6:.0f} MB limit per file")
+        if others + self._received[name] > self._max_total:
+            return self._refuse(name, f"the files together are over the {self._max_total / 1e6:.0f} MB limit")
+        if len(set(self.value) | set(self._received)) > self._max_files:
+            return self._refuse(name, f"more than {self._max_files} file(s)")
+        super()._process_event(event)
+        if data.get("chunk") == data.get("total_chunks"):
+            self._received.pop(name, None)
+
+    def files(self) -> list[tuple[bytes, str]]:
+        """The uploaded files as (bytes, name), in name order."""
+        return [(v.encode() if isinstance(v, str) else v, k) for k, v in sorted(self.value.items())]
+
+
+def read_uploaded_quarter(data: bytes, filename: str):
+    """One uploaded Kepler light-curve FITS (one quarter) -> KeplerLightCurve."""
     from desa_core.data.readers import FitsReadError, read_kepler_light_curve
     path = save_upload(data, filename)
     try:
-        lc = read_kepler_light_curve(path)
+        return read_kepler_light_curve(path)
     except FitsReadError as e:
         raise UserInputError(f"{filename}: {e.reason}") from None
     finally:
         os.unlink(path)
-    if len(lc.time) < 10:
-        raise UserInputError(f"{filename}: only {len(lc.time)} good cadences")
-    flux = np.asarray(lc.flux, dtype=np.float64)
-    return np.asarray(lc.time, dtype=np.float64), flux / np.nanmedian(flux)
+
+
+def read_uploaded_light_curve(files, filename: str | None = None):
+    """(time [d], relative flux, KEPLERID) from one or more uploaded quarters of one star.
+
+    ``files``: (bytes, name) or a list of them (or bytes plus ``filename``). Several quarters are stitched
+    as ``desa ingest`` stitches them (each divided by its median); quarters of different stars are refused."""
+    from desa_core.data.readers import FitsReadError, stitch_quarters
+    if isinstance(files, (bytes, bytearray)):
+        files = [(bytes(files), filename or "upload.fits")]
+    elif isinstance(files, tuple) and len(files) == 2 and isinstance(files[0], (bytes, bytearray, str)):
+        files = [files]
+    if not files:
+        raise UserInputError("no light-curve file was uploaded")
+    if len(files) > MAX_LIGHT_CURVE_FILES:
+        raise UserInputError(f"at most {MAX_LIGHT_CURVE_FILES} quarters in one upload")
+    quarters = [read_uploaded_quarter(d, n) for d, n in files]
+    ids = sorted({q.kepler_id for q in quarters})
+    if len(ids) > 1:
+        raise UserInputError(f"the uploaded quarters belong to different stars (KEPLERID {', '.join(map(str, ids))})"
+                             f": upload the quarters of one star")
+    try:
+        t, f = stitch_quarters(quarters)
+    except FitsReadError as e:
+        raise UserInputError(f"{Path(e.path).name}: {e.reason}") from None
+    if len(t) < 10:
+        raise UserInputError(f"{files[0][1]}: only {len(t)} good cadences")
+    return np.asarray(t, np.float64), np.asarray(f, np.float64), ids[0]
 
 
 def read_uploaded_spectrum(data: bytes, filename: str):
@@ -132,8 +249,9 @@ class Search(pn.viewable.Viewer):
         session.param.watch(self._update_restrict, "populations_version")
         self._table = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, height=300, width=1100,
                                            show_index=False, pagination=None, visible=False)
-        self._lc_file = pn.widgets.FileInput(accept=".fits,.fit,.fits.gz", label="Kepler light curve FITS")
-        self._spec_file = pn.widgets.FileInput(accept=".fits,.fit,.fits.gz", label="LAMOST spectrum FITS")
+        self._lc_file = BoundedFileDropper(max_files=MAX_LIGHT_CURVE_FILES, label="Kepler light-curve FITS "
+                                           "(one or more quarters of one star)", layout="compact", width=360)
+        self._spec_file = BoundedFileDropper(max_files=1, label="LAMOST spectrum FITS", layout="compact", width=300)
         self._previews = pn.pane.HoloViews(self._preview_plot(), linked_axes=False)
         session.param.watch(self._refresh_outputs, "neighbours_version")
 
@@ -212,23 +330,28 @@ class Search(pn.viewable.Viewer):
                             f"{len(out)} neighbours found", "success")
         return out
 
-    def search_upload(self, light_curve: tuple[bytes, str] | None = None,
-                      spectrum: tuple[bytes, str] | None = None, abs_g: float | None = None) -> pd.DataFrame:
-        """Embed an uploaded light curve and/or spectrum with the model and search its neighbours."""
-        if light_curve is None and spectrum is None:
-            raise UserInputError("choose a Kepler light-curve FITS and/or a LAMOST spectrum FITS to upload")
-        lc = read_uploaded_light_curve(*light_curve) if light_curve is not None else None
+    def search_upload(self, light_curve=None, spectrum: tuple[bytes, str] | None = None,
+                      abs_g: float | None = None) -> pd.DataFrame:
+        """Embed an uploaded light curve (one quarter as (bytes, name), or a list of quarters) and/or spectrum
+        with the model and search its neighbours."""
+        if not light_curve and spectrum is None:
+            raise UserInputError("choose Kepler light-curve FITS and/or a LAMOST spectrum FITS to upload")
+        lc = read_uploaded_light_curve(light_curve) if light_curve else None
         sp = read_uploaded_spectrum(*spectrum) if spectrum is not None else None
         embedder = self.data.embedder()
-        vecs = embedder.embed_single(light_curve=lc, spectrum=None if sp is None else sp[:3],
+        vecs = embedder.embed_single(light_curve=None if lc is None else lc[:2],
+                                     spectrum=None if sp is None else sp[:3],
                                      rv_kms=0.0 if sp is None else float(sp[3]), abs_g=abs_g)
         vec = vecs.get(self.index_name)
         if vec is None or not np.isfinite(np.asarray(vec)).all():
             raise UserInputError(f"the upload has no {EMBEDDING_LABELS.get(self.index_name)} embedding "
                                  f"(a light-curve index needs a light curve, a spectrum index a spectrum)")
-        self.session.target_vector = {"light_curve": lc, "spectrum": sp}
-        label = f"upload ({', '.join(x[1] for x in (light_curve, spectrum) if x is not None)})"
-        return self._run(np.asarray(vec, np.float32), -1, label)
+        self.session.target_vector = {"light_curve": None if lc is None else lc[:2], "spectrum": sp}
+        names = [n for _, n in ([light_curve] if isinstance(light_curve, tuple) else (light_curve or []))]
+        if spectrum is not None:
+            names.append(spectrum[1])
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return self._run(np.asarray(vec, np.float32), -1, f"upload ({shown})")
 
     def restore_target(self, star_id: str):
         """Re-run the search for a target named in the URL (a star id); uploads are not restorable."""
@@ -250,9 +373,13 @@ class Search(pn.viewable.Viewer):
             self.session.notify(f"search failed: {type(e).__name__}: {e}", "danger")
 
     def _upload_clicked(self, _):
-        lc = (self._lc_file.value, self._lc_file.filename) if self._lc_file.value else None
-        sp = (self._spec_file.value, self._spec_file.filename) if self._spec_file.value else None
-        self._guard(self.search_upload, lc, sp)
+        refused = {**self._lc_file.refused, **self._spec_file.refused}
+        if refused:
+            name, why = next(iter(refused.items()))
+            self.session.notify(f"{name}: refused ({why}); remove it and choose a smaller file", "warning")
+            return
+        lcs, sps = self._lc_file.files(), self._spec_file.files()
+        self._guard(self.search_upload, lcs[0] if len(lcs) == 1 else (lcs or None), sps[0] if sps else None)
 
     def _refresh_outputs(self, *_):
         nb = self.session.neighbours

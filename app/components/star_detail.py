@@ -13,6 +13,7 @@ import param
 
 from app.components.search import _bin_series
 from app.state import AppData, Session, UserInputError
+from app.text import esc
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class StarDetail(pn.viewable.Viewer):
         self.row = -1
         self._plots = pn.pane.HoloViews(hv.Div(""), linked_axes=False)
         self._props = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=False, height=420, width=360)
-        self._title = pn.pane.Markdown("Choose a star: enter its id, search for it, or click it on a map.")
+        self._title = pn.pane.HTML("Choose a star: enter its id, search for it, or click it on a map.")
         session.param.watch(self._follow_target, "neighbours_version")
 
     visible = True  # set by the page: while the tab is hidden, a new target is shown only when it opens
@@ -76,7 +77,7 @@ class StarDetail(pn.viewable.Viewer):
     def show_row(self, row: int):
         self.row = int(row)
         sid = self.data.star_ids[row]
-        self._title.object = f"### {sid}"
+        self._title.object = f"<h3>{esc(sid)}</h3>"
         self._props.value = self.properties(row)
         self._plots.object = self.figure(row)
 

@@ -29,12 +29,13 @@ import pandas as pd
 import torch
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from desa_core.data.store import SurveyStore, atomic_write_bytes, atomic_write_json, sha256_file
+from desa_core.data.store import atomic_write_bytes, atomic_write_json, sha256_file
 from desa_core.evaluate.metrics import conformal_offset, interval_coverage, regression_scores
 from desa_core.evaluate.tasks import NOMINAL_AGE_COVERAGE, evaluate_representation
 from desa_core.models.baselines import BaselineConfig, embed_alignment_baseline, fit_alignment_baseline
 from desa_core.models.config import CONDITIONING_LABELS
 from desa_core.models.heads import AGE_QUANTILES
+from desa_core.rundir import RunDir, load_features
 
 log = logging.getLogger(__name__)
 
@@ -107,51 +108,9 @@ class Representation:
 
 
 # ------------------------------------------------------------------------------------------- inputs
-def _read_manifest(run: Path) -> dict:
-    p = run / "run_manifest.json"
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no run manifest; train a model first with `desa train --out {run}`")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: unreadable run manifest ({e})") from e
-
-
-def _survey_path(run: Path, manifest: dict) -> Path:
-    for key in ("survey", "survey_path"):
-        if key in manifest:
-            p = Path(manifest[key])
-            if not p.is_absolute() and not p.exists():
-                p = run / p
-            return p
-    raise ValueError(f"{run / 'run_manifest.json'}: names no survey (expected a 'survey' field)")
-
-
-def _run_config(run: Path, manifest: dict):
-    from desa_core.models.config import config_from_dict, get_config
-    if isinstance(manifest.get("config"), dict):
-        return config_from_dict(manifest["config"], where=str(run / "run_manifest.json"))
-    return get_config(str(manifest.get("config_name", "small")))
-
-
-def _load_features(path: Path):
-    from desa_core.train.alignment import load_features
-    return load_features(path)
-
-
-def _join_catalog(catalog: pd.DataFrame, star_id: np.ndarray, where: Path) -> pd.DataFrame:
-    cat = catalog.set_index(catalog["star_id"].astype(str))
-    ids = pd.Index(np.asarray(star_id).astype(str))
-    missing = ids.difference(cat.index)
-    if len(missing):
-        raise ValueError(f"{where}: {len(missing)} stars of the features are not in the survey catalogue "
-                         f"(first: {missing[0]!r}); was the run trained on another survey?")
-    return cat.loc[ids].reset_index(drop=True)
-
-
 @dataclasses.dataclass
 class RunInputs:
-    """What evaluation and the heads stage read from a run folder."""
+    """What evaluation reads from a run folder."""
     run: Path
     manifest: dict
     cfg: object          # DesaConfig
@@ -161,22 +120,11 @@ class RunInputs:
 
 
 def open_run(run) -> RunInputs:
-    """Read a run folder: manifest, config, frozen features and the survey catalogue joined on star_id
-    (rows in the features' order; ``split`` is the run's split)."""
-    run = Path(run)
-    if not run.is_dir():
-        raise FileNotFoundError(f"{run}: run folder not found")
-    manifest = _read_manifest(run)
-    cfg = _run_config(run, manifest)
-    feats = _load_features(run / "features.npz")
-    survey = _survey_path(run, manifest)
-    catalog = _join_catalog(SurveyStore.open(survey).catalog, feats.star_id, survey)
-    split = np.asarray(feats.split).astype(str)
-    n_mismatch = int((catalog["split"].astype(str).to_numpy() != split).sum())
-    if n_mismatch:
-        log.warning("%d stars have another split in the features than in the catalogue: using the run's", n_mismatch)
-    catalog["split"] = split
-    return RunInputs(run, manifest, cfg, feats, catalog, survey)
+    """Read a run folder (through :class:`~desa_core.rundir.RunDir`): manifest, config, frozen features and
+    the survey catalogue joined on star_id (rows in the features' order; ``split`` is the run's split)."""
+    rd = RunDir.open(run)
+    feats = rd.features()
+    return RunInputs(rd.path, rd.manifest, rd.config, feats, rd.catalog(feats), rd.survey_path)
 
 
 def _signature(*parts) -> str:
@@ -238,10 +186,10 @@ def _baseline_representation(key: str, feats, train, val, cfg: BaselineConfig, s
 
 
 def _dualformer_outputs(model, feats, labels=None) -> Representation:
-    from desa_core.train.alignment import embed_dualformer
+    from desa_core.train.alignment import embed_dualformer, head_input
     out = embed_dualformer(model, feats, labels=labels)
     emb = np.asarray(out["embedding"], np.float64)
-    head = np.concatenate([np.asarray(out["p_s"]), np.asarray(out["p_l"])], 1).astype(np.float32)
+    head = head_input(out)
     return Representation(emb, head, {"embedding_dim": int(emb.shape[1]), "head_input_dim": int(head.shape[1])})
 
 
@@ -252,8 +200,8 @@ def ablation_train_config(cfg):
 
 
 def _ablation_representation(key, overrides, feats, cfg, catalog, seed, device) -> Representation:
+    from desa_core.models.dualformer import conditioning_labels
     from desa_core.train.alignment import train_dualformer
-    from desa_core.train.stages import conditioning_labels
     dcfg = dataclasses.replace(cfg.dualformer, **overrides)
     tcfg = ablation_train_config(cfg)
     labels = conditioning_labels(catalog) if dcfg.label_conditioned else None
@@ -265,8 +213,7 @@ def _ablation_representation(key, overrides, feats, cfg, catalog, seed, device) 
 
 def load_desa_model(run: Path):
     """The run's trained, finalised DualFormer."""
-    from desa_core.train.alignment import load_dualformer
-    return load_dualformer(run)
+    return RunDir.open(run).dualformer()
 
 
 # ------------------------------------------------------------------------------------------- oracle
@@ -339,13 +286,13 @@ def _evaluate(run, out, models, seed, device, progress, figures) -> dict:
         raise ValueError(f"unknown model keys {unknown}; choose from {', '.join(MODEL_KEYS)}")
     inputs = open_run(run)
     cfg, feats, catalog, survey = inputs.cfg, inputs.features, inputs.catalog, inputs.survey
-    feats_path = run / "features.npz"
+    feats_path = RunDir(run).features_path
     split = catalog["split"].to_numpy()
     train, val = split == "train", split == "val"
     has_lc, has_spec = np.asarray(feats.has_lc, bool), np.asarray(feats.has_spec, bool)
     torch.manual_seed(seed)
     feat_sha = sha256_file(feats_path)
-    cache_dir = run / "eval_cache"
+    cache_dir = RunDir(run).eval_cache_dir
     bcfg = BaselineConfig(out_dim=int(cfg.dualformer.dim), hidden_dim=max(64, 4 * int(cfg.dualformer.dim)))
 
     notes = ["headline metrics: test stars with both modalities; missing_modality: test stars lacking one",
@@ -432,7 +379,7 @@ def _build(key, run, feats, cfg, catalog, train, val, bcfg, seed, device, progre
                 f"{run.parent / (run.name + '_no_absmag')} trained on the same survey with such a config "
                 f"(`desa train --survey SURVEY --config no_absmag.yaml --out {run.parent / (run.name + '_no_absmag')}`, "
                 f"see docs/evaluation.md)")
-        f2 = _load_features(path)
+        f2 = load_features(path)
         if not np.array_equal(np.asarray(f2.star_id).astype(str), np.asarray(feats.star_id).astype(str)) or \
                 not np.array_equal(np.asarray(f2.split).astype(str), np.asarray(feats.split).astype(str)):
             raise _Unavailable(f"{path}: stars or splits differ from {run / 'features.npz'}")
@@ -452,31 +399,30 @@ def no_absmag_features_path(run: Path) -> Path | None:
     if p.is_file():
         return p
     sibling = run.parent / f"{run.name}_no_absmag"
-    if (sibling / "features.npz").is_file() and (sibling / "run_manifest.json").is_file():
-        cfg = _run_config(sibling, _read_manifest(sibling))
-        if cfg.preprocess.lc_abs_mag_channel:
+    rd = RunDir(sibling)
+    if rd.features_path.is_file() and rd.manifest_path.is_file():
+        if rd.config.preprocess.lc_abs_mag_channel:
             log.warning("%s: its config keeps the absolute-magnitude channel; not a no_absmag run", sibling)
             return None
-        return sibling / "features.npz"
+        return rd.features_path
     return None
 
 
 def _saved_desa_heads(run: Path, rep: Representation):
     """DESA's heads from ``RUN/checkpoints/heads.pt`` (trained by the pipeline's last stage with the same
     protocol), or None to fit them here."""
-    from desa_core.train.heads import load_heads
-    path = run / "checkpoints" / "heads.pt"
-    if not path.is_file():
+    rd = RunDir(run)
+    if not rd.heads_path.is_file():
         return None
     try:
-        heads = load_heads(path)
+        heads = rd.heads()
     except (ValueError, RuntimeError, KeyError) as e:
-        log.warning("%s: not usable (%s); fitting DESA's heads here", path, e)
+        log.warning("%s: not usable (%s); fitting DESA's heads here", rd.heads_path, e)
         return None
     if heads["binary"].mean.shape[0] != rep.head_input.shape[1]:
-        log.warning("%s: input dimension differs from [p_s; p_l]; fitting DESA's heads here", path)
+        log.warning("%s: input dimension differs from [p_s; p_l]; fitting DESA's heads here", rd.heads_path)
         return None
-    log.info("desa: using the fine-tuned heads in %s", path)
+    log.info("desa: using the fine-tuned heads in %s", rd.heads_path)
     return heads
 
 

@@ -11,7 +11,6 @@ lacks that modality; 'desa' is defined for every star (the DualFormer's placehol
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,31 +24,16 @@ from tqdm.auto import tqdm
 from desa_core.data.preprocess import (RV_COLUMN, preprocess_light_curve, preprocess_light_curves,
                                        preprocess_spectra, preprocess_spectrum)
 from desa_core.data.store import catalog_column
-from desa_core.models.config import DesaConfig, config_from_dict
+from desa_core.models.config import DesaConfig
 from desa_core.models.dualformer import DualFormer, conditioning_labels
 from desa_core.models.light_curve_encoder import LightCurveEncoder
 from desa_core.models.spectra_encoder import SpectraEncoder
+from desa_core.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("light_curve_encoder.pt", "spectra_encoder.pt", "dualformer.pt")
-
-
-def _load_state(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; finish `desa train` for this run first")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- an unreadable file is a user error naming the file
-        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
-
-
 def _usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _sub_state(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class Embedder:
@@ -71,31 +55,13 @@ class Embedder:
 
     @classmethod
     def from_run(cls, run_dir, device=None) -> "Embedder":
-        run_dir = Path(run_dir)
-        mpath = run_dir / "run_manifest.json"
-        if not mpath.is_file():
-            raise FileNotFoundError(f"{mpath}: not a DESA run folder (train one with `desa train`)")
-        try:
-            cfg = config_from_dict(json.loads(mpath.read_text())["config"], where=str(mpath))
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{mpath}: unreadable run manifest ({e})") from e
+        """The frozen encoders and DualFormer of a finished run (read through :class:`RunDir`)."""
+        run = RunDir.open(run_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        paths = [run_dir / "checkpoints" / f for f in WEIGHT_FILES]
-        states = [_load_state(p) for p in paths]
-        lc = LightCurveEncoder(cfg.light_curve)
-        lc.load_state_dict(_sub_state(states[0], "encoder."))
-        sp = SpectraEncoder(cfg.spectra)
-        sp.load_state_dict(_sub_state(states[1], "encoder."))
-        df = DualFormer(cfg.dualformer, sp.out_dim, lc.out_dim)
-        df.load_state_dict(states[2])
-        if not bool(df.finalized):
-            raise ValueError(f"{paths[2]}: DualFormer has no eigenbasis (training did not finish)")
-        h = hashlib.sha256()
-        for p in paths:
-            h.update(p.read_bytes())
-        emb = cls(cfg, lc, sp, df, h.hexdigest(), device)
-        emb.run_dir = run_dir
-        emb.survey_sha256 = json.loads(mpath.read_text()).get("survey_manifest_sha256")
+        lc, sp = run.encoders()
+        emb = cls(run.config, lc, sp, run.dualformer(), run.fingerprint, device)
+        emb.run_dir = run.path
+        emb.survey_sha256 = run.survey_manifest_sha256
         return emb
 
     # ------------------------------------------------------------------------------------------- internals
@@ -136,7 +102,7 @@ class Embedder:
         """The run's features.npz when ``store`` is the survey it was trained on (same manifest), else None."""
         if self.run_dir is None or not self.survey_sha256:
             return None
-        fpath = self.run_dir / "features.npz"
+        fpath = RunDir(self.run_dir).features_path
         mpath = Path(store.path) / "manifest.json"
         if not fpath.is_file() or not mpath.is_file():
             return None

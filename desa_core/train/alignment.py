@@ -1,9 +1,9 @@
 """Alignment on frozen features: train a DualFormer, and embed stars with a trained one.
 
-    feats = load_features("runs/small")                      # RUN/features.npz of the `features` stage
+    feats = RunDir.open("runs/small").features()             # RUN/features.npz of the `features` stage
     model = train_dualformer(feats, cfg.dualformer, cfg.train)   # train split only, early stop on val
     emb = embed_dualformer(model, feats)["embedding"]         # (N, D) = (h_s + h_l) V, every star
-    model = load_dualformer("runs/small")                    # the run's own trained DualFormer
+    model = RunDir.open("runs/small").dualformer()           # the run's own trained DualFormer
 
 The evaluation helper trains DESA ablations (attention type, projection type, loss switches, the named
 label-conditioned variant) through :func:`train_dualformer` on the same frozen features.
@@ -11,74 +11,18 @@ label-conditioned variant) through :func:`train_dualformer` on the same frozen f
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from desa_core.models.config import DualFormerConfig, TrainConfig
-from desa_core.models.dualformer import DualFormer, alignment_loss
+from desa_core.models.dualformer import DualFormer, alignment_loss, conditioning_labels
+from desa_core.rundir import FrozenFeatures, RunDir
 from desa_core.train import distributed as ddp
-from desa_core.train.stages import CsvLog, autocast, fit_epochs, lr_at, optimizer_step, seed_for
+from desa_core.train.loop import CsvLog, autocast, fit_epochs, lr_at, optimizer_step, seed_for
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FrozenFeatures:
-    """Frozen encoder features of every star, catalogue order; zeros where a modality is missing."""
-    star_id: np.ndarray
-    z_lc: np.ndarray        # (N, d_lc) float32
-    z_spec: np.ndarray      # (N, d_spec) float32
-    has_lc: np.ndarray      # (N,) bool
-    has_spec: np.ndarray    # (N,) bool
-    split: np.ndarray       # (N,) str: train / val / test
-
-    def __len__(self) -> int:
-        return len(self.star_id)
-
-    def subset(self, mask) -> "FrozenFeatures":
-        return FrozenFeatures(*(getattr(self, f)[mask] for f in
-                                ("star_id", "z_lc", "z_spec", "has_lc", "has_spec", "split")))
-
-
-def load_features(run_dir) -> FrozenFeatures:
-    """Read RUN/features.npz (written by the `features` stage of `desa train`); a path to the .npz works too."""
-    path = Path(run_dir)
-    if path.suffix != ".npz":
-        path = path / "features.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no frozen features; run `desa train --stages features` first")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            f = FrozenFeatures(star_id=z["star_id"].astype(str), z_lc=z["z_lc"].astype(np.float32),
-                               z_spec=z["z_spec"].astype(np.float32), has_lc=z["has_lc"].astype(bool),
-                               has_spec=z["has_spec"].astype(bool), split=z["split"].astype(str))
-    except (KeyError, ValueError, OSError) as e:
-        raise ValueError(f"{path}: not a valid features file ({e})") from e
-    n = len(f.star_id)
-    if not all(len(a) == n for a in (f.z_lc, f.z_spec, f.has_lc, f.has_spec, f.split)):
-        raise ValueError(f"{path}: arrays have different numbers of stars")
-    return f
-
-
-def load_dualformer(run_dir, device="cpu") -> DualFormer:
-    """The finalised DualFormer of a run (RUN/checkpoints/dualformer.pt, config from run_manifest.json)."""
-    import json
-
-    from desa_core.models.config import config_from_dict
-    run_dir = Path(run_dir)
-    mpath, ckpt = run_dir / "run_manifest.json", run_dir / "checkpoints" / "dualformer.pt"
-    if not mpath.is_file() or not ckpt.is_file():
-        raise FileNotFoundError(f"{run_dir}: no trained DualFormer (needs run_manifest.json and {ckpt.name})")
-    cfg = config_from_dict(json.loads(mpath.read_text())["config"], where=str(mpath))
-    model = DualFormer(cfg.dualformer, cfg.spectra.out_dim, cfg.light_curve.out_dim)
-    try:
-        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-    except Exception as e:  # noqa: BLE001 -- an unreadable checkpoint is a user error naming the file
-        raise ValueError(f"{ckpt}: unreadable DualFormer checkpoint ({type(e).__name__}: {e})") from e
-    return model.to(device).eval()
 
 
 def _tensors(features: FrozenFeatures, idx, labels, device):
@@ -113,8 +57,17 @@ def train_dualformer(features: FrozenFeatures, cfg: DualFormerConfig, train_cfg:
                              csv_log=CsvLog(Path(log_path)) if log_path else None)
 
 
-def _train_dualformer(features, cfg, train_cfg, seed=0, device="cpu", labels=None, csv_log=None, ckpt_path=None,
-                      info=None) -> DualFormer:
+def train_dualformer_stage(run: RunDir, catalog, cfg, info, csv_log) -> DualFormer:
+    """The `dualformer` stage of `desa train`: the run's config, the run's features, resumable."""
+    labels = conditioning_labels(catalog) if cfg.dualformer.label_conditioned else None
+    if labels is not None:
+        log.warning("training the LABEL-CONDITIONED ablation: catalogue labels enter the embedding")
+    return _train_dualformer(run.features(), cfg.dualformer, cfg.train, seed=cfg.train.seed, device=info.device,
+                             labels=labels, csv_log=csv_log, ckpt_path=run.partial("dualformer"), info=info)
+
+
+def _train_dualformer(features: FrozenFeatures, cfg, train_cfg, seed=0, device="cpu", labels=None, csv_log=None,
+                      ckpt_path=None, info=None) -> DualFormer:
     info = info or ddp.current()
     device = torch.device(device)
     if cfg.label_conditioned and labels is None:
@@ -204,3 +157,8 @@ def embed_dualformer(model: DualFormer, features: FrozenFeatures, labels: np.nda
     model.train(was_training)
     d = model.embedding_dim
     return {k: np.concatenate(v) if v else np.zeros((0, d), np.float32) for k, v in parts.items()}
+
+
+def head_input(out: dict) -> np.ndarray:
+    """What DESA's fine-tuning heads read: [p_s ; p_l] of :func:`embed_dualformer`'s output."""
+    return np.concatenate([np.asarray(out["p_s"]), np.asarray(out["p_l"])], 1).astype(np.float32)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -30,17 +29,17 @@ from pathlib import Path
 import torch
 
 import desa_core
-from desa_core.data.store import (SurveyStore, SurveyStoreError, atomic_write_bytes, atomic_write_json,
+from desa_core.data.store import (SurveyStore, SurveyStoreError, atomic_write_bytes,
                                   sha256_file)
 from desa_core.models.config import DesaConfig, config_from_dict, get_config
 from desa_core.models.light_curve_encoder import LightCurvePretrainer
 from desa_core.models.spectra_encoder import SpectraPretrainer
+from desa_core.rundir import RunDir, file_sha, load_state
 from desa_core.train import distributed as ddp
 from desa_core.train import stages as st
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "run_manifest.json"
 ALL_STAGES = st.STAGES + ("heads",)
 
 
@@ -65,23 +64,9 @@ def _parse_stages(stages) -> list[str]:
     return [s for s in ALL_STAGES if s in stages]
 
 
-def _file_sha(path: Path) -> str | None:
-    return sha256_file(path) if path.is_file() else None
-
-
-def _load_manifest(run_dir: Path) -> dict:
-    p = run_dir / MANIFEST
-    if not p.is_file():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: unreadable run manifest ({e})") from e
-
-
 def _load_pretrainer(cls, cfg_section, ckpt: Path, tc) -> torch.nn.Module:
     net = cls(cfg_section, tc.quantiles)
-    net.load_state_dict(st.load_checkpoint(ckpt))
+    net.load_state_dict(load_state(ckpt))
     return net.eval()
 
 
@@ -102,12 +87,13 @@ def train(survey, config="small", out="runs/small", stages=None, device=None) ->
     except SurveyStoreError as e:   # a user error: the CLI prints it without a traceback
         raise ValueError(str(e)) from e
     run_dir = Path(out)
-    ckdir = run_dir / "checkpoints"
+    rd = RunDir(run_dir)
+    ckdir = rd.checkpoints
     if info.is_main:
         ckdir.mkdir(parents=True, exist_ok=True)
     ddp.barrier()
 
-    manifest = _load_manifest(run_dir)
+    manifest = rd.read_manifest()
     if manifest.get("config") and config_from_dict(manifest["config"]).to_dict() != cfg.to_dict():
         raise ValueError(f"{run_dir}: was trained with config {manifest['config'].get('name')!r} and different "
                          f"settings; use a new --out folder (or delete {run_dir})")
@@ -120,8 +106,8 @@ def train(survey, config="small", out="runs/small", stages=None, device=None) ->
         if info.is_main:
             for p in ckdir.glob("*.partial.pt"):
                 p.unlink()
-            if (run_dir / "DONE").exists():
-                (run_dir / "DONE").unlink()
+            if rd.done_path.exists():
+                rd.done_path.unlink()
         ddp.barrier()
     manifest.update({
         "format": "desa-run", "format_version": 1, "config": cfg.to_dict(), "config_name": cfg.name,
@@ -133,7 +119,7 @@ def train(survey, config="small", out="runs/small", stages=None, device=None) ->
 
     def save_manifest():
         if info.is_main:
-            atomic_write_json(run_dir / MANIFEST, manifest)
+            rd.write_manifest(manifest)
 
     save_manifest()
     ctx = st.RunContext(run_dir=run_dir, store=store, cfg=cfg, info=info)
@@ -142,22 +128,22 @@ def train(survey, config="small", out="runs/small", stages=None, device=None) ->
     def inputs_of(stage: str) -> dict:
         base = {"survey": survey_sha}
         if stage == "features":
-            base.update(lc=_file_sha(ckdir / "light_curve_encoder.pt"), spec=_file_sha(ckdir / "spectra_encoder.pt"))
+            base.update(lc=file_sha(rd.checkpoint("light_curve_encoder")), spec=file_sha(rd.checkpoint("spectra_encoder")))
         elif stage == "dualformer":
-            base.update(features=_file_sha(run_dir / "features.npz"))
+            base.update(features=file_sha(rd.features_path))
         return base
 
     def complete(stage: str) -> bool:
         rec = manifest["stages"].get(stage, {})
-        return (ckdir / f"{stage}.pt").is_file() and rec.get("complete") and rec.get("inputs") == inputs_of(stage)
+        return rd.checkpoint(stage).is_file() and rec.get("complete") and rec.get("inputs") == inputs_of(stage)
 
     cpu0 = 0.0
 
     def finish(stage: str, state_dict, t0: float, extra: dict | None = None):
         fps = ddp.check_replicas_identical(state_dict, info, stage) if state_dict else []
         if info.is_main:
-            st.save_checkpoint(state_dict if state_dict is not None else {}, ckdir / f"{stage}.pt")
-            partial = ckdir / f"{stage}.partial.pt"
+            rd.save_state(state_dict if state_dict is not None else {}, stage)
+            partial = rd.partial(stage)
             if partial.exists():
                 partial.unlink()
         ddp.barrier()
@@ -169,8 +155,8 @@ def train(survey, config="small", out="runs/small", stages=None, device=None) ->
         save_manifest()
         log.info("stage %s complete in %.1f s", stage, time.perf_counter() - t0)
 
-    if info.is_main and (run_dir / "DONE").exists() and not all(complete(s) for s in st.STAGES):
-        (run_dir / "DONE").unlink()   # some stage is about to change: the run is no longer complete
+    if info.is_main and rd.done_path.exists() and not all(complete(s) for s in st.STAGES):
+        rd.done_path.unlink()   # some stage is about to change: the run is no longer complete
     for stage in wanted:
         if stage == "heads":
             continue
@@ -194,14 +180,14 @@ def train(survey, config="small", out="runs/small", stages=None, device=None) ->
             finish(stage, net.state_dict(), t0)
         elif stage == "features":
             for need in ("light_curve_encoder", "spectra_encoder"):
-                if not (ckdir / f"{need}.pt").is_file():
+                if not rd.checkpoint(need).is_file():
                     raise ValueError(f"{run_dir}: stage features needs {need} first (checkpoints/{need}.pt)")
-            lc = _load_pretrainer(LightCurvePretrainer, cfg.light_curve, ckdir / "light_curve_encoder.pt", tc)
-            sp = _load_pretrainer(SpectraPretrainer, cfg.spectra, ckdir / "spectra_encoder.pt", tc)
+            lc = _load_pretrainer(LightCurvePretrainer, cfg.light_curve, rd.checkpoint("light_curve_encoder"), tc)
+            sp = _load_pretrainer(SpectraPretrainer, cfg.spectra, rd.checkpoint("spectra_encoder"), tc)
             path = st.stage_features(ctx, lc.encoder, sp.encoder)
-            finish(stage, {}, t0, {"features_sha256": _file_sha(path)})
+            finish(stage, {}, t0, {"features_sha256": file_sha(path)})
         elif stage == "dualformer":
-            if not (run_dir / "features.npz").is_file():
+            if not (rd.features_path).is_file():
                 raise ValueError(f"{run_dir}: stage dualformer needs the features stage first (features.npz)")
             model = st.stage_dualformer(ctx)
             finish(stage, model.state_dict(), t0, {"eigenvalues": [round(float(v), 6) for v in model.eigenvalues]})
@@ -217,7 +203,7 @@ def train(survey, config="small", out="runs/small", stages=None, device=None) ->
             heads = None
             log.info("no heads stage installed (desa_core.train.heads): skipping it")
         if heads is not None:
-            heads_inputs = {"dualformer": _file_sha(ckdir / "dualformer.pt")}
+            heads_inputs = {"dualformer": file_sha(rd.checkpoint("dualformer"))}
             rec = manifest["stages"].get("heads", {})
             heads_done = bool(rec.get("complete")) and rec.get("inputs") == heads_inputs
             if "heads" in wanted and not heads_done:
@@ -236,7 +222,7 @@ def train(survey, config="small", out="runs/small", stages=None, device=None) ->
             manifest[f"total_{kind}"] = round(sum(v.get(kind, 0) for v in manifest["stages"].values())
                                               + manifest.get(f"preprocess_{kind}", 0), 2)
         save_manifest()
-        atomic_write_bytes(run_dir / "DONE", (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n").encode())
+        atomic_write_bytes(rd.done_path, (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n").encode())
         log.info("run complete: %s", run_dir)
     ddp.barrier()
     return run_dir

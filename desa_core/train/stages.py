@@ -17,12 +17,10 @@ spectra, so epochs on a CPU cost only the model.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -37,20 +35,19 @@ from desa_core.data.preprocess import (RV_COLUMN, clean_light_curves, light_curv
 from desa_core.data.store import (SurveyStore, atomic_write_bytes, atomic_write_json, catalog_column,
                                   sha256_file)
 from desa_core.models.config import DesaConfig, TrainConfig
-from desa_core.models.dualformer import conditioning_labels  # noqa: F401 -- also used by desa_core.evaluate
 from desa_core.models.light_curve_encoder import LightCurvePretrainer
 from desa_core.models.spectra_encoder import SpectraPretrainer
+from desa_core.rundir import FrozenFeatures, RunDir, save_features
 from desa_core.train import distributed as ddp
+from desa_core.train.alignment import train_dualformer_stage
+from desa_core.train.loop import (CsvLog, autocast, batch_means, fit_epochs, lr_at, make_optimizer, optimizer_step,
+                                  seed_for, set_lr)
 
 log = logging.getLogger(__name__)
 
 STAGES = ("light_curve_encoder", "spectra_encoder", "features", "dualformer")
 PROT_SCALE_DAYS = 70.0
 TEFF_SCALE_K = 5778.0
-
-
-def _after_epoch(stage: str, epoch: int) -> None:
-    """Called after each epoch's checkpoint is on disk. Does nothing; tests replace it to simulate a kill."""
 
 
 @dataclass
@@ -61,130 +58,16 @@ class RunContext:
     info: ddp.DistInfo
 
     @property
+    def run(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+    @property
     def checkpoints(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.run.checkpoints
 
     @property
     def log(self) -> "CsvLog":
-        return CsvLog(self.run_dir / "log.csv", enabled=self.info.is_main)
-
-
-# ------------------------------------------------------------------------------------------------ utilities
-class CsvLog:
-    """RUN/log.csv in long form: stage, epoch, split, metric, value (one row per number)."""
-
-    FIELDS = ("stage", "epoch", "split", "metric", "value")
-
-    def __init__(self, path: Path | None, enabled: bool = True):
-        self.path, self.enabled = (Path(path) if path else None), enabled and path is not None
-
-    def add(self, stage: str, epoch: int, split: str, metrics: dict) -> None:
-        if not self.enabled:
-            return
-        new = not self.path.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(self.FIELDS)
-            for k, v in metrics.items():
-                w.writerow((stage, epoch, split, k, f"{float(v):.6g}"))
-
-    def truncate(self, stage: str, from_epoch: int) -> None:
-        """Drop rows of ``stage`` with epoch >= from_epoch (they are about to be re-run after a resume)."""
-        if not self.enabled or not self.path.exists():
-            return
-        with open(self.path, newline="") as f:
-            rows = list(csv.reader(f))
-        keep = [r for r in rows[1:] if not (r[0] == stage and int(r[1]) >= from_epoch)]
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(self.FIELDS)
-        w.writerows(keep)
-        atomic_write_bytes(self.path, buf.getvalue().encode())
-
-
-def save_checkpoint(obj, path: Path) -> None:
-    """torch.save through a temporary file and a rename: a kill never leaves a truncated checkpoint."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: Path, map_location="cpu"):
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint is a user-facing error naming the file
-        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
-
-
-def seed_for(*parts) -> int:
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") % (2**63)
-
-
-def lr_at(step: int, total: int, base: float, warmup_fraction: float) -> float:
-    """Linear warm-up then cosine decay to 5% of ``base``; a pure function of the step (resume-safe)."""
-    warm = max(1, int(total * warmup_fraction))
-    if step < warm:
-        return base * (step + 1) / warm
-    p = min(1.0, (step - warm) / max(1, total - warm))
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
-
-
-def fit_epochs(stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epochs: int, train_epoch,
-               validate=None, ckpt_path: Path | None = None, patience: int | None = None,
-               info: ddp.DistInfo | None = None, csv_log: CsvLog | None = None) -> dict:
-    """Run ``train_epoch(epoch) -> metrics`` for ``epochs`` epochs with per-epoch checkpoints and resume.
-
-    ``validate(epoch) -> metrics`` (with 'loss') enables best-weights tracking; with ``patience`` the loop
-    stops after that many epochs without improvement and restores the best weights.
-    """
-    info = info or ddp.current()
-    net = ddp.unwrap(model)
-    state = {"epoch": 0, "best_val": float("inf"), "bad_epochs": 0, "best_epoch": -1}
-    best = None
-    if ckpt_path is not None and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path)
-        net.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        state.update(ck["state"])
-        best = ck.get("best_model")
-        log.info("%s: resuming after epoch %d from %s", stage, state["epoch"], ckpt_path)
-        if csv_log is not None:
-            csv_log.truncate(stage, state["epoch"])
-    for epoch in range(int(state["epoch"]), epochs):
-        if patience is not None and state["bad_epochs"] >= patience:
-            break
-        t0 = time.perf_counter()
-        model.train()
-        train_metrics = ddp.all_mean(train_epoch(epoch), info)
-        val_metrics = {}
-        if validate is not None:
-            model.eval()
-            with torch.no_grad():
-                val_metrics = validate(epoch)
-            if val_metrics.get("loss", float("inf")) < state["best_val"]:
-                state.update(best_val=float(val_metrics["loss"]), bad_epochs=0, best_epoch=epoch)
-                best = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            else:
-                state["bad_epochs"] += 1
-        state["epoch"] = epoch + 1
-        if csv_log is not None:
-            csv_log.add(stage, epoch, "train", {**train_metrics, "wall_s": time.perf_counter() - t0})
-            if val_metrics:
-                csv_log.add(stage, epoch, "val", val_metrics)
-        log.info("%s epoch %d/%d: train %s%s", stage, epoch + 1, epochs,
-                 {k: round(float(v), 4) for k, v in train_metrics.items()},
-                 f", val {({k: round(float(v), 4) for k, v in val_metrics.items()})}" if val_metrics else "")
-        if ckpt_path is not None:
-            if info.is_main:
-                save_checkpoint({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                                 **({"best_model": best} if best is not None else {})}, ckpt_path)
-            ddp.barrier()
-        _after_epoch(stage, epoch)
-    if patience is not None and best is not None:
-        net.load_state_dict(best)
-    return state
+        return CsvLog(self.run.log_path, enabled=self.info.is_main)
 
 
 # ----------------------------------------------------------------------------------------------- the cache
@@ -206,7 +89,7 @@ def _cache_key(ctx: RunContext) -> str:
 
 def ensure_cache(ctx: RunContext) -> Cache:
     """Preprocess every light curve and spectrum of the store once (rank 0); later calls load it."""
-    d = ctx.run_dir / "cache"
+    d = ctx.run.cache_dir
     key = _cache_key(ctx)
     meta_path = d / "meta.json"
 
@@ -305,43 +188,6 @@ def _encoder_rows(ctx: RunContext, cache: Cache, modality: str, split: str) -> n
     return np.flatnonzero(has & (cat["split"].to_numpy() == split))
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bfloat16 autocast on CUDA when the config asks for it; a no-op context on CPU."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(enabled) and device.type == "cuda")
-
-
-def _make_optimizer(model, lr, weight_decay):
-    return torch.optim.AdamW(ddp.unwrap(model).parameters(), lr=lr, weight_decay=weight_decay)
-
-
-def optimizer_step(terms: dict, opt: torch.optim.Optimizer, params, grad_clip: float, sums: dict) -> None:
-    """One gradient step on ``terms['loss']`` with gradient clipping; adds every term to ``sums`` (epoch means)."""
-    opt.zero_grad(set_to_none=True)
-    terms["loss"].backward()
-    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    opt.step()
-    for k, v in terms.items():
-        sums[k] = sums.get(k, 0.0) + float(v.detach())
-
-
-def batch_means(forward, stars: np.ndarray, batch_size: int) -> dict:
-    """Star-weighted mean of every term ``forward(batch)`` returns, over batches of >= 2 stars (validation)."""
-    sums, n = {}, 0
-    for i in range(0, len(stars), batch_size):
-        b = stars[i:i + batch_size]
-        if len(b) < 2:
-            continue
-        for k, v in forward(b).items():
-            sums[k] = sums.get(k, 0.0) + float(v) * len(b)
-        n += len(b)
-    return {k: v / max(n, 1) for k, v in sums.items()}
-
-
-def _set_lr(opt, lr):
-    for g in opt.param_groups:
-        g["lr"] = lr
-
-
 # ----------------------------------------------------------------------------------- stage 1: light curve
 def light_curve_inputs(ctx: RunContext, cache: Cache, stars: np.ndarray, rng) -> torch.Tensor:
     cat = ctx.store.catalog
@@ -370,7 +216,7 @@ def stage_light_curve_encoder(ctx: RunContext) -> torch.nn.Module:
     torch.manual_seed(tc.seed)
     net = LightCurvePretrainer(cfg.light_curve, tc.quantiles, tc.ssl_weight, tc.regression_weight).to(info.device)
     model = ddp.wrap(net, info)
-    opt = _make_optimizer(model, tc.lc_lr, tc.weight_decay)
+    opt = make_optimizer(model, tc.lc_lr, tc.weight_decay)
     order = ddp.ShardedOrder(len(train_stars), info, seed=seed_for(tc.seed, "lc-order"))
     steps = len(order.epoch_batches(0, tc.lc_batch_size, tc.lc_steps_per_epoch, min_batch=2))
     dev = info.device
@@ -381,7 +227,7 @@ def stage_light_curve_encoder(ctx: RunContext) -> torch.nn.Module:
         batches = order.epoch_batches(epoch, tc.lc_batch_size, tc.lc_steps_per_epoch, min_batch=2)
         for i, b in enumerate(tqdm(batches, desc=f"light-curve encoder epoch {epoch + 1}", leave=False,
                                    disable=not info.is_main, mininterval=2.0)):
-            _set_lr(opt, lr_at(epoch * steps + i, steps * tc.lc_epochs, tc.lc_lr, tc.warmup_fraction))
+            set_lr(opt, lr_at(epoch * steps + i, steps * tc.lc_epochs, tc.lc_lr, tc.warmup_fraction))
             with autocast(dev, tc.amp):
                 out = model(*_views(ctx, cache, train_stars[b], rng, prot, dev))
             optimizer_step(out, opt, net.parameters(), tc.grad_clip, sums)
@@ -426,7 +272,7 @@ def stage_spectra_encoder(ctx: RunContext) -> torch.nn.Module:
     net = SpectraPretrainer(cfg.spectra, tc.quantiles, tc.ssl_weight, tc.regression_weight, tc.mask_fraction,
                             tc.snr_cap).to(info.device)
     model = ddp.wrap(net, info)
-    opt = _make_optimizer(model, tc.spec_lr, tc.weight_decay)
+    opt = make_optimizer(model, tc.spec_lr, tc.weight_decay)
     order = ddp.ShardedOrder(len(train_stars), info, seed=seed_for(tc.seed, "spec-order"))
     steps = len(order.epoch_batches(0, tc.spec_batch_size, tc.spec_steps_per_epoch, min_batch=2))
     dev = info.device
@@ -445,7 +291,7 @@ def stage_spectra_encoder(ctx: RunContext) -> torch.nn.Module:
         batches = order.epoch_batches(epoch, tc.spec_batch_size, tc.spec_steps_per_epoch, min_batch=2)
         for i, b in enumerate(tqdm(batches, desc=f"spectra encoder epoch {epoch + 1}", leave=False,
                                    disable=not info.is_main, mininterval=2.0)):
-            _set_lr(opt, lr_at(epoch * steps + i, steps * tc.spec_epochs, tc.spec_lr, tc.warmup_fraction))
+            set_lr(opt, lr_at(epoch * steps + i, steps * tc.spec_epochs, tc.spec_lr, tc.warmup_fraction))
             with autocast(dev, tc.amp):
                 out = model(*batch(train_stars[b]), generator=gen)
             optimizer_step(out, opt, net.parameters(), tc.grad_clip, sums)
@@ -476,7 +322,7 @@ def stage_features(ctx: RunContext, lc_encoder, spec_encoder) -> Path:
     """Frozen features of every star (centre crops); zeros where a modality is missing or unusable."""
     tc, info = ctx.cfg.train, ctx.info
     cache = ensure_cache(ctx)
-    out_path = ctx.run_dir / "features.npz"
+    out_path = ctx.run.features_path
     if info.is_main:
         cat = ctx.store.catalog
         n = len(cat)
@@ -506,10 +352,8 @@ def stage_features(ctx: RunContext, lc_encoder, spec_encoder) -> Path:
             x = np.empty((len(r), 1, cache.spectra.shape[-1]), np.float32)
             x[o] = cache.spectra[r[o]]
             z_spec[b] = encode_batches(spec_encoder, torch.from_numpy(x), dev, bs)
-        buf = io.BytesIO()
-        np.savez(buf, star_id=cat["star_id"].astype(str).to_numpy().astype(str), z_lc=z_lc, z_spec=z_spec,
-                 has_lc=has_lc, has_spec=has_spec, split=cat["split"].astype(str).to_numpy().astype(str))
-        atomic_write_bytes(out_path, buf.getvalue())
+        save_features(out_path, FrozenFeatures(cat["star_id"].astype(str).to_numpy(), z_lc, z_spec, has_lc, has_spec,
+                                               cat["split"].astype(str).to_numpy()))
         log.info("features of %d stars written to %s (%d with a light curve, %d with a spectrum)", n, out_path,
                  has_lc.sum(), has_spec.sum())
     ddp.barrier()
@@ -518,11 +362,4 @@ def stage_features(ctx: RunContext, lc_encoder, spec_encoder) -> Path:
 
 # ----------------------------------------------------------------------------------- stage 4: DualFormer
 def stage_dualformer(ctx: RunContext):
-    from desa_core.train.alignment import _train_dualformer, load_features
-    feats = load_features(ctx.run_dir)
-    labels = conditioning_labels(ctx.store.catalog) if ctx.cfg.dualformer.label_conditioned else None
-    if labels is not None:
-        log.warning("training the LABEL-CONDITIONED ablation: catalogue labels enter the embedding")
-    return _train_dualformer(feats, ctx.cfg.dualformer, ctx.cfg.train, seed=ctx.cfg.train.seed,
-                             device=ctx.info.device, labels=labels, csv_log=ctx.log,
-                             ckpt_path=ctx.checkpoints / "dualformer.partial.pt", info=ctx.info)
+    return train_dualformer_stage(ctx.run, ctx.store.catalog, ctx.cfg, ctx.info, ctx.log)

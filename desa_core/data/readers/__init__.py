@@ -14,12 +14,12 @@ import os
 from desa_core.data.readers.catalogue import Catalogue, read_catalogue
 from desa_core.data.readers.common import FitsReadError, open_fits
 from desa_core.data.readers.kepler import (KeplerLightCurve, is_kepler_light_curve, light_curve_from_hdul,
-                                           read_kepler_light_curve)
+                                           read_kepler_light_curve, stitch_quarters)
 from desa_core.data.readers.lamost import (LamostSpectrum, is_lamost_spectrum, read_lamost_spectrum,
                                            spectrum_from_hdul)
 
 __all__ = ["read_fits", "FitsReadError", "KeplerLightCurve", "LamostSpectrum", "Catalogue",
-           "read_kepler_light_curve", "read_lamost_spectrum", "read_catalogue"]
+           "read_kepler_light_curve", "read_lamost_spectrum", "read_catalogue", "stitch_quarters"]
 
 
 def read_fits(path: str | os.PathLike, **kwargs) -> KeplerLightCurve | LamostSpectrum:
