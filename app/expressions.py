@@ -11,6 +11,7 @@ tree of numpy operations. Nothing is handed to ``eval``, pandas or Python arithm
   interpreter lock for ever);
 - strings and lists are never multiplied or added: a list of constants is only allowed on the right of
   ``in`` / ``not in`` (at most ``MAX_LIST`` items), a string only compared with a categorical column;
+- ``&``, ``|`` and ``~`` mean ``and``, ``or`` and ``not``, with their precedence, as in ``pandas.query``;
 - the expression has at most ``MAX_LENGTH`` characters and ``MAX_NODES`` syntax nodes, so its cost is at
   most ``MAX_NODES`` vectorised passes over the table; categorical columns are compared through integer
   codes, so every pass is a numpy loop that releases the interpreter lock (the server keeps answering
@@ -233,7 +234,7 @@ class _Compiler:
 
     def unary(self, node: ast.UnaryOp) -> Node:
         a = self.visit(node.operand)
-        if isinstance(node.op, (ast.Not, ast.Invert)):
+        if isinstance(node.op, ast.Not):
             a = self.as_bool(a, "not")
             if a.constant:
                 return _const(BOOL, not a.value)
@@ -249,9 +250,6 @@ class _Compiler:
 
     def binop(self, node: ast.BinOp) -> Node:
         op = type(node.op)
-        if op in (ast.BitAnd, ast.BitOr):  # pandas-style & and |
-            return self._logical(np.logical_and if op is ast.BitAnd else np.logical_or,
-                                 [self.visit(node.left), self.visit(node.right)], "& / |")
         if op not in _ARITH:
             self.fail(f"the operator {type(node.op).__name__} is not allowed")
         sym = _SYMBOL[op]
@@ -351,6 +349,31 @@ class _Compiler:
         return Node(BOOL, lambda env: fn(_run(a, env), _run(b, env)), columns=a.columns + b.columns)
 
 
+_PANDAS_OPERATORS = {"&": "and", "|": "or", "~": "not"}
+
+
+def _as_python(text: str) -> str:
+    """pandas-style ``&``, ``|``, ``~`` as ``and``, ``or``, ``not`` (what they mean in pandas.query, and with
+    its precedence: in Python ``a < b & c`` would read ``a < (b & c)``). Quoted text is left alone."""
+    import io
+    import tokenize
+    try:
+        spans = [(t.start, t.end, _PANDAS_OPERATORS[t.string])
+                 for t in tokenize.generate_tokens(io.StringIO(text).readline)
+                 if t.type == tokenize.OP and t.string in _PANDAS_OPERATORS]
+    except (tokenize.TokenError, SyntaxError, ValueError, IndentationError):
+        return text   # the parser reports what is wrong with it
+    lines = text.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    out = text
+    for (r0, c0), (r1, c1), word in reversed(spans):
+        a, b = starts[r0 - 1] + c0, starts[r1 - 1] + c1
+        out = out[:a] + f" {word} " + out[b:]
+    return out
+
+
 def compile_expression(text: str, schema: Schema) -> Compiled:
     """Check and compile an expression; raises :class:`ExpressionError` saying what is wrong."""
     if not isinstance(text, str) or not text.strip():
@@ -359,7 +382,7 @@ def compile_expression(text: str, schema: Schema) -> Compiled:
     if len(text) > MAX_LENGTH:
         raise ExpressionError(f"the expression is too long ({MAX_LENGTH} characters at most)")
     try:
-        tree = ast.parse(text, mode="eval")
+        tree = ast.parse(_as_python(text), mode="eval")
     except SyntaxError as e:
         raise ExpressionError(f"cannot parse the expression: {e.msg}") from None
     except (ValueError, RecursionError, MemoryError):

@@ -3,7 +3,7 @@ export over one artifact set.
 
 Run it::
 
-    desa serve --artifacts artifacts/default --port 5006            # one process, 4 threads
+    desa serve --artifacts artifacts/default --port 5006            # one process
     panel serve app/main.py --args --artifacts artifacts/default     # the same page through `panel serve`
 
 or in a notebook / Python::
@@ -119,8 +119,13 @@ class Explorer(pn.viewable.Viewer):
         query = {k: (v[0].decode() if isinstance(v[0], bytes) else str(v[0]))
                  for k, v in (pn.state.session_args or {}).items() if v}
         query = {**dict(loc.query_params or {}), **query}
-        self.restore_view(query)
-        loc.sync(self.session, {"color": "color", "selection_spec": "selection", "target": "target"})
+
+        def restore():
+            self.restore_view(query)
+            loc.sync(self.session, {"color": "color", "selection_spec": "selection", "target": "target"})
+        # After the page is on screen: the page is built on the server's event loop, and whatever a URL asks for
+        # (a selection, a search) must not delay it, nor the /liveness answers that share that loop.
+        pn.state.onload(restore, threaded=bool(pn.config.nthreads))
 
     def restore_view(self, query: dict) -> list[str]:
         """Apply ``color``, ``selection`` and ``target`` from a URL's query. Each is checked on its own: a bad or
@@ -166,7 +171,7 @@ class Explorer(pn.viewable.Viewer):
         if self._layout is None:
             tabs = pn.Tabs(("Similarity search", self.search), ("Populations", self.populations),
                            ("Few-shot probes", self.probes), ("Star detail", self.star_detail),
-                           ("Export", self.export), dynamic=False)
+                           ("Export", self.export), dynamic=True)
             # The star detail draws its figures only while its tab is open (a search stays fast).
             self.star_detail.visible = False
             tabs.param.watch(lambda e: self.star_detail.set_visible(e.new == 3), "active")
@@ -248,10 +253,12 @@ def read_login(path) -> str:
     return secret
 
 
-def serve(artifacts, port: int = 5006, address: str = "127.0.0.1", num_threads: int = 4, show: bool = False,
+def serve(artifacts, port: int = 5006, address: str = "127.0.0.1", num_threads: int = 0, show: bool = False,
           admin: bool = False, allow_websocket_origin=None, login=None):
-    """Serve the dashboard over an artifact folder until interrupted: one process, ``num_threads`` worker
-    threads, data shared by all sessions. The artifact set is loaded (and the renderers warmed) before the
+    """Serve the dashboard over an artifact folder until interrupted: one process, data shared by all sessions.
+    ``num_threads`` > 0 hands widget callbacks to that many Panel worker threads (off by default: Panel then
+    runs a session's events in parallel threads, not in the order they were sent, so a typed value and the
+    click after it can race). The artifact set is loaded (and the renderers warmed) before the
     first visitor arrives; ``/liveness`` answers once the server is up; ``admin`` adds Panel's /admin page.
 
     ``allow_websocket_origin``: HOST[:PORT] names a public server is reached under (see
@@ -264,6 +271,9 @@ def serve(artifacts, port: int = 5006, address: str = "127.0.0.1", num_threads: 
         import secrets
         auth = {"basic_auth": read_login(login),
                 "cookie_secret": os.environ.get("DESA_COOKIE_SECRET") or secrets.token_urlsafe(32)}
+    # Panel's worker threads come from its config: pn.serve has no num_threads argument (it ignored one).
+    if num_threads:
+        pn.config.nthreads = int(num_threads)
     data = load_app_data(artifacts)
     _warm(data)
     url_host = address if address not in ("0.0.0.0", "", "::") else "localhost"
@@ -273,7 +283,7 @@ def serve(artifacts, port: int = 5006, address: str = "127.0.0.1", num_threads: 
     log.info("serving %s at http://%s:%d/ (websocket origins: %s%s)", artifacts, url_host, port,
              ", ".join(origins), "; login required" if login else "")
     return pn.serve({"/": lambda: create_app(artifacts)}, port=port, address=address, show=show,
-                    num_threads=num_threads or None, title="DESA Explorer", liveness=True, admin=admin,
+                    title="DESA Explorer", liveness=True, admin=admin,
                     websocket_origin=origins, websocket_max_message_size=WEBSOCKET_MAX_MESSAGE_BYTES, **auth)
 
 
@@ -309,7 +319,7 @@ elif __name__ == "__main__":
     a.add_argument("--artifacts", required=True)
     a.add_argument("--port", type=int, default=5006)
     a.add_argument("--address", default="127.0.0.1")
-    a.add_argument("--num-threads", type=int, default=4)
+    a.add_argument("--num-threads", type=int, default=0)
     a.add_argument("--show", action="store_true")
     args = a.parse_args()
     serve(args.artifacts, port=args.port, address=args.address, num_threads=args.num_threads, show=args.show)

@@ -128,6 +128,14 @@ class AppData:
                                 if k in (self.manifest.get("embeddings") or {})]
         for m in MAPS.values():  # the map coordinates are needed by every session: load them now
             self.column(m.x), self.column(m.y), self.default_range(m.key)
+        # Every file of the set is opened now (embeddings and Flat/HNSW indexes memory-mapped, so this is cheap):
+        # a precompute re-run in place replaces files by rename, and what is open here keeps the old contents,
+        # so this AppData never pairs this build's star table with another build's embeddings.
+        if hasattr(self.artifacts, "index"):
+            for name in self.embedding_names:
+                self.embedding(name)
+                if name in (self.manifest.get("indexes") or {}):
+                    self.index(name)
         log.info("loaded artifact set %s: %d stars, embeddings %s (%.1f s)", self.path, self.n,
                  self.embedding_names, time.perf_counter() - t0)
 
@@ -149,6 +157,13 @@ class AppData:
                 "survey": survey.get("path"), "run": run.get("path"),
                 "model_config": run.get("config"), "model_fingerprint": run.get("fingerprint"),
                 "embeddings": self.embedding_names}
+
+    def map_title(self, key: str) -> str:
+        """A map's title; the UMAP one says when precompute laid the stars out another way (too few stars)."""
+        info = ((self.manifest.get("maps") or {}).get(key) or {})
+        if key == "umap" and info.get("method") == "pca":
+            return "2-D layout: PCA of the DESA embedding (too few stars for UMAP)"
+        return MAPS[key].title
 
     # --- columns ------------------------------------------------------------------------------------
     def column(self, name: str) -> np.ndarray:
@@ -389,8 +404,24 @@ class AppData:
             return self._embedder
 
 
-_DATA: dict[str, AppData] = {}
+_DATA: dict[str, "_Loaded"] = {}
 _DATA_LOCK = threading.Lock()
+RELOAD_CHECK_S = 2.0   # how often a new page looks whether precompute has finished a new build
+
+
+@dataclass
+class _Loaded:
+    data: AppData
+    signature: tuple
+    checked: float
+
+
+def _manifest_signature(folder: Path) -> tuple | None:
+    try:
+        st = (folder / "manifest.json").stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _limit_faiss_threads():
@@ -405,14 +436,44 @@ def _limit_faiss_threads():
 
 
 def load_app_data(path) -> AppData:
-    """The AppData of an artifact folder, loaded once per process and shared by every session."""
+    """The AppData of an artifact folder, loaded once per process and shared by every session.
+
+    When precompute has since written a new build in place (a new manifest.json, the last file it writes),
+    the next call loads it and new sessions get the new build; sessions already open keep the AppData they
+    started with, which holds the old build's files open. While a build is unfinished (no manifest) or
+    cannot be opened, the last good one keeps being served."""
     key = str(Path(path).resolve())
     with _DATA_LOCK:
-        if key not in _DATA:
-            _limit_faiss_threads()
-            from desa_core.artifacts import ArtifactSet
-            _DATA[key] = AppData(ArtifactSet.open(key))
-        return _DATA[key]
+        loaded = _DATA.get(key)
+        now = time.monotonic()
+        if loaded is not None and now - loaded.checked < RELOAD_CHECK_S:
+            return loaded.data
+        sig = _manifest_signature(Path(key))
+        if loaded is not None and (sig is None or sig == loaded.signature):
+            loaded.checked = now
+            return loaded.data
+        _limit_faiss_threads()
+        from desa_core.artifacts import ArtifactError, ArtifactSet
+        data = None
+        try:
+            for _ in range(3):
+                data = AppData(ArtifactSet.open(key))
+                after = _manifest_signature(Path(key))
+                if after == sig:
+                    break
+                data, sig = None, after   # a precompute run changed the folder while it was read: again
+            if data is None:
+                raise ArtifactError(f"{key}: changed while it was being read (a precompute run is writing it)")
+        except ArtifactError as e:
+            if loaded is None:
+                raise
+            log.warning("a new build in %s cannot be opened yet (%s): serving the previous one", key, e)
+            loaded.checked = now
+            return loaded.data
+        if loaded is not None:
+            log.info("%s: a new build was written; new sessions get it", key)
+        _DATA[key] = _Loaded(data, sig, now)
+        return data
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--artifacts", required=True)
     s.add_argument("--port", type=int, default=5006)
     s.add_argument("--address", default="127.0.0.1")
-    s.add_argument("--num-threads", type=int, default=4)
+    s.add_argument("--num-threads", type=int, default=0,
+                   help="Panel worker threads for callbacks (default 0: events of a session run in order on the "
+                        "server's loop; with threads Panel may run a session's events out of order)")
     s.add_argument("--show", action="store_true", help="open a browser")
     s.add_argument("--allow-websocket-origin", action="append", default=None, metavar="HOST[:PORT]",
                    help="a name the page is reached under (repeatable); for --address 0.0.0.0 the default is this "

@@ -30,16 +30,52 @@ class UmapConfig:
         return asdict(self)
 
 
+MIN_UMAP_STARS = 50   # below this a UMAP of 15 neighbours is all neighbourhood: the map is a PCA instead
+
+
+def pca_layout(embedding: np.ndarray, reason: str) -> tuple[np.ndarray, dict]:
+    """The first two principal components of a (small) embedding: the layout when UMAP cannot run or would
+    mean nothing. One star sits at the origin; two lie on a line."""
+    t0 = time.perf_counter()
+    x = np.asarray(embedding, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("the embedding has non-finite rows; the DESA embedding must be defined for every star")
+    x = x - x.mean(axis=0)
+    out = np.zeros((len(x), 2), np.float32)
+    if len(x) > 1:
+        _, sv, vt = np.linalg.svd(x, full_matrices=False)
+        k = min(2, vt.shape[0])
+        out[:, :k] = x @ vt[:k].T
+    log.info("2-D layout: PCA of %d stars (%s)", len(x), reason)
+    return out, {"method": "pca", "reason": reason, "n_fit": int(len(x)), "n_transformed": 0,
+                 "pca_dims": None, "fit_s": round(time.perf_counter() - t0, 3),
+                 "total_s": round(time.perf_counter() - t0, 3)}
+
+
 def umap_layout(embedding: np.ndarray, config: UmapConfig | None = None, seed: int = 0,
                 progress: bool = True) -> tuple[np.ndarray, dict]:
-    """(N, 2) float32 UMAP coordinates of ``embedding`` (N, D) (may be memory-mapped) and timing info."""
+    """(N, 2) float32 UMAP coordinates of ``embedding`` (N, D) (may be memory-mapped) and timing info.
+
+    Fewer than MIN_UMAP_STARS stars (a user's own handful), or a UMAP that fails: the PCA layout of
+    :func:`pca_layout` instead, with ``info['method'] = 'pca'`` and the reason (shown in the page)."""
+    cfg = config or UmapConfig()
+    n, dim = embedding.shape
+    if n == 0:
+        raise ValueError("no stars to lay out")
+    if n < MIN_UMAP_STARS:
+        return pca_layout(embedding, f"{n} stars: too few for UMAP (it needs {MIN_UMAP_STARS})")
+    try:
+        return _umap_layout(embedding, cfg, seed, progress)
+    except (TypeError, ValueError) as e:   # e.g. scipy's eigsh on a degenerate neighbour graph
+        log.warning("UMAP failed (%s): falling back to a PCA layout", e)
+        return pca_layout(embedding, f"UMAP failed: {str(e)[:120]}")
+
+
+def _umap_layout(embedding, cfg: UmapConfig, seed: int, progress: bool) -> tuple[np.ndarray, dict]:
     import umap  # imported here: numba compilation costs seconds and only this stage needs it
     from sklearn.decomposition import PCA
 
-    cfg = config or UmapConfig()
     n, dim = embedding.shape
-    if n < 3:
-        raise ValueError(f"UMAP needs at least 3 stars, got {n}")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     fit_rows = np.arange(n) if n <= cfg.fit_max else np.sort(rng.choice(n, size=cfg.fit_max, replace=False))
@@ -77,7 +113,7 @@ def umap_layout(embedding: np.ndarray, config: UmapConfig | None = None, seed: i
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 out[rows] = reducer.transform(x)
-    info = {"n_fit": int(len(fit_rows)), "n_transformed": int(len(rest)), "pca_dims": None if pca is None
+    info = {"method": "umap", "n_fit": int(len(fit_rows)), "n_transformed": int(len(rest)), "pca_dims": None if pca is None
             else cfg.pca_dims, "fit_s": round(t_fit, 2), "total_s": round(time.perf_counter() - t0, 2)}
     log.info("UMAP done: %s", info)
     return out, info

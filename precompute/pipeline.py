@@ -56,8 +56,8 @@ def run_precompute(survey=None, run=None, out="artifacts/default", synthetic: in
     if synthetic is not None:
         if survey is not None or embedder is not None:
             raise PrecomputeError("--synthetic builds a benchmark set without a survey or model; drop --survey/--run")
-        if int(synthetic) < 3:
-            raise PrecomputeError(f"--synthetic needs at least 3 stars, got {synthetic}")
+        if int(synthetic) < 1:
+            raise PrecomputeError(f"--synthetic needs at least 1 star, got {synthetic}")
     elif survey is None or (run is None and embedder is None):
         raise PrecomputeError("precompute needs --survey and --run (or --synthetic N for a benchmark set)")
     if workers < 0:

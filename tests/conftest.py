@@ -12,3 +12,11 @@ def one_thread():
     with threadpool_limits(1):
         yield
     torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory):
+    """What `make demo` builds, tiny: simulated survey store, trained run, artifact set (tests/trained_fixtures.py).
+    Built once per test session and shared by the dashboard's component, hostile-input and browser tests."""
+    from trained_fixtures import make_trained_demo
+    return make_trained_demo(tmp_path_factory.mktemp("trained-demo"))

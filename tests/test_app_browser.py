@@ -1,12 +1,15 @@
 """The dashboard in a real browser: headless Debian Chromium driven by Playwright against a `desa serve` started
-here on a free port (one server for the module).
+here on a free port (one server for the module), over what `make demo` builds in miniature: a simulated survey
+store, a model trained on it and the artifact set precompute writes (tests/trained_fixtures.py).
 
 Checks: the page loads without console errors; a box dragged on the UMAP canvas updates the selection count
 and re-renders the other maps; a star-id search fills the neighbour table; a probe shows its metric; a broken
-upload shows an error and the page keeps working. Screenshots go to test-output/screenshots/.
+upload shows an error and the page keeps working; hostile links and typed input run no script and do not
+stall the server. Screenshots go to test-output/screenshots/.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -17,8 +20,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from app_fixtures import make_artifacts
 
 pytestmark = pytest.mark.browser
 
@@ -43,8 +44,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    art = make_artifacts(tmp_path_factory.mktemp("browser") / "set", n=3000)
+def server(tmp_path_factory, trained_demo):
+    art = trained_demo.art
     port = _free_port()
     log = open(tmp_path_factory.mktemp("log") / "serve.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "desa_core.cli", "serve", "--artifacts", str(art),
@@ -105,7 +106,7 @@ def _canvas_boxes(page):
 
 def test_page_loads_without_console_errors(page):
     page.screenshot(path=str(SHOTS / "01_loaded.png"), full_page=True)
-    assert page.get_by_text("SYNTHETIC BENCHMARK DATA").count() == 1
+    assert page.get_by_text("Simulated survey.").count() == 1
     assert len(_canvas_boxes(page)) == 3
     assert page.errors == []
 
@@ -125,7 +126,7 @@ def test_box_drag_on_umap_selects_in_all_views(page, browser):
     count = page.locator("text=/Selected: [0-9,]+ of/")
     count.wait_for(timeout=30_000)
     n = int(count.inner_text().split("Selected:")[1].split("of")[0].replace(",", "").strip())
-    assert 0 < n < 3000
+    assert 0 < n < 400
     deadline = time.time() + 20
     while time.time() < deadline and page.screenshot(clip=cmd) == before:
         time.sleep(0.5)
@@ -187,4 +188,119 @@ def test_broken_upload_shows_error_and_page_still_works(page, tmp_path, server):
     page.get_by_text("unknown star id").wait_for(timeout=30_000)
     assert urllib.request.urlopen(server["url"] + "/liveness", timeout=5).status == 200
     assert server["proc"].poll() is None
+    assert page.errors == []
+
+
+# ------------------------------------------------------------------------------------------ hostile input
+XSS = ['<img src=x onerror="window.__xss=1">', "<script>window.__xss=1</script>",
+       '"><svg onload="window.__xss=1">']
+
+
+def _open(browser, url):
+    pg = browser.new_page(viewport={"width": 1500, "height": 1100})
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(url, timeout=90_000)
+    pg.wait_for_selector(".bk-events", state="attached", timeout=90_000)
+    pg.errors = errors
+    return pg
+
+
+def _liveness_during(server, action, seconds: float = 3.0) -> list[float]:
+    """Run ``action`` while another thread polls /liveness; returns the latencies seen (s)."""
+    import threading
+    lat, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                urllib.request.urlopen(server["url"] + "/liveness", timeout=5).read()
+                lat.append(time.perf_counter() - t0)
+            except OSError:
+                lat.append(float("inf"))
+            time.sleep(0.05)
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        action()
+        time.sleep(seconds)
+    finally:
+        stop.set()
+        t.join()
+    return lat
+
+
+@pytest.mark.parametrize("param", ["target", "selection", "color"])
+def test_hostile_links_run_no_script(server, browser, param):
+    from urllib.parse import quote
+    for payload in XSS:
+        value = json.dumps([["new", "query", payload]]) if param == "selection" else payload
+        pg = _open(browser, f"{server['url']}/?{param}={quote(value)}")
+        try:
+            pg.locator("text=could not restore the view").wait_for(timeout=60_000)
+            # the message shows the payload's characters as text, and nothing in it ran
+            assert payload[:12] in pg.locator("[role=alert]").first.inner_text() or param == "selection"
+            assert pg.evaluate("window.__xss") is None
+            assert pg.locator("img[src=x], svg[onload]").count() == 0
+        finally:
+            pg.close()
+
+
+def test_hostile_typed_input_runs_no_script(page, server):
+    payload = XSS[0]
+    page.locator(".bk-tab", has_text="Similarity search").click()
+    box = page.get_by_placeholder(re.compile(r"^e\.g\. "))
+    box.fill(payload)
+    page.get_by_role("button", name="Search by id").click()
+    page.get_by_text("unknown star id").wait_for(timeout=30_000)
+    pos = page.get_by_placeholder(re.compile(r"291\.04"))
+    pos.fill(payload)
+    page.get_by_role("button", name="Search by position").click()
+    page.get_by_text("cannot parse sky position").wait_for(timeout=30_000)
+    page.locator(".bk-tab", has_text="Populations").click()
+    page.get_by_label("Population name").fill(payload)
+    page.get_by_label("Expression over catalogue columns").fill("teff > 5500")
+    page.get_by_role("button", name="Save expression as population").click()
+    page.get_by_text("population saved").wait_for(timeout=30_000)
+    page.get_by_label("Expression over catalogue columns").fill(payload)
+    page.get_by_role("button", name="Select matching stars").click()
+    page.get_by_text("cannot parse the expression").wait_for(timeout=30_000)
+    assert page.locator(".tabulator-cell", has_text="<img src=x").count() >= 1   # the name, shown as text
+    page.screenshot(path=str(SHOTS / "06_hostile_input.png"), full_page=True)
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("img[src=x]").count() == 0
+    assert page.errors == []
+
+
+def test_expression_bombs_do_not_stall_the_server(server, browser, page):
+    from urllib.parse import quote
+    bomb = json.dumps([["new", "query", "prot_days < 9**9**9**9"]])
+    holder = {}
+
+    holder["pg"] = _open(browser, f"{server['url']}/?selection={quote(bomb)}")   # the page is built first
+
+    def by_link():   # then the link's selection is restored: the attack
+        holder["pg"].locator("text=could not restore the view").wait_for(timeout=60_000)
+    lat = _liveness_during(server, by_link)
+    holder["pg"].close()
+    assert lat and max(lat) < 1.0, lat
+
+    def typed():
+        page.locator(".bk-tab", has_text="Populations").click()
+        page.get_by_label("Expression over catalogue columns").fill("prot_days < 9**9**9**9 or teff ** 1e9 > 1")
+        page.get_by_role("button", name="Select matching stars").click()
+        page.get_by_text("power's exponent").wait_for(timeout=30_000)
+    lat = _liveness_during(server, typed)
+    assert lat and max(lat) < 1.0, lat
+    assert server["proc"].poll() is None
+
+
+def test_oversized_upload_is_refused_before_it_is_sent(page, tmp_path):
+    big = tmp_path / "big.fits"
+    big.write_bytes(b"\0" * (21 * 1024 * 1024))
+    page.locator(".bk-tab", has_text="Similarity search").click()
+    page.locator("input[type=file]").first.set_input_files(str(big))
+    page.get_by_text(re.compile("File is too large", re.I)).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(SHOTS / "07_oversized_upload.png"), full_page=True)
     assert page.errors == []

@@ -160,7 +160,7 @@ class Maps(pn.viewable.Viewer):
                 "target": hv.Points([], kdims=kd, group="Target").opts(
                     color="magenta", line_color="black", size=18, marker="star"),
                 "overlay": hv.Overlay([hv.Points([], kdims=kd)]).opts(
-                    title=m.title, frame_width=FRAME_WIDTH, frame_height=FRAME_HEIGHT, toolbar="above"),
+                    title=self.data.map_title(key), frame_width=FRAME_WIDTH, frame_height=FRAME_HEIGHT, toolbar="above"),
             }
             # HoloViews drops custom options once no element carries their id: keep the templates alive.
             self._templates[key] = templates

@@ -88,7 +88,7 @@ def compare_images(data: AppData, mask_a: np.ndarray, mask_b: np.ndarray, width:
         rgb = tf.stack(*layers)
         arr = np.flipud(rgb.to_numpy().view(np.uint8).reshape(height, width, 4))
         el = hv.RGB(arr, bounds=(x0, y0, x1, y1), kdims=[m.x_label, m.y_label])
-        out[key] = el.opts(title=m.title, frame_width=width, frame_height=height,
+        out[key] = el.opts(title=data.map_title(key), frame_width=width, frame_height=height,
                            invert_xaxis=m.invert_x, invert_yaxis=m.invert_y, toolbar=None)
     return out
 

@@ -73,6 +73,10 @@ def _bin_series(x: np.ndarray, y: np.ndarray, n_bins: int = 1500):
     return sx[keep] / cnt[keep], sy[keep] / cnt[keep]
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
 def _is_gzip(data: bytes, filename: str) -> bool:
     return data[:2] == b"\x1f\x8b" or str(filename).lower().endswith(".gz")
 
@@ -89,7 +93,7 @@ def save_upload(data: bytes, filename: str, limit: int = MAX_UPLOAD_BYTES,
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogateescape")
     if len(data) > limit:
-        raise UserInputError(f"{name}: {len(data) / 1e6:.1f} MB is over the {limit / 1e6:.0f} MB upload limit")
+        raise UserInputError(f"{name}: {len(data) / 1e6:.1f} MB is over the {_size(limit)} upload limit")
     fd, path = tempfile.mkstemp(prefix="desa-upload-", suffix=".fits")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -105,7 +109,7 @@ def save_upload(data: bytes, filename: str, limit: int = MAX_UPLOAD_BYTES,
                     pending = d.unconsumed_tail
                     total += len(out)
                     if total > max_decompressed:
-                        raise UserInputError(f"{name}: decompresses to more than {max_decompressed / 1e6:.0f} MB, "
+                        raise UserInputError(f"{name}: decompresses to more than {_size(max_decompressed)}, "
                                              f"the limit for a compressed upload")
                     f.write(out)
                     if not out and not pending:
@@ -160,9 +164,9 @@ class BoundedFileDropper(pn.widgets.FileDropper):
         self._received[name] += len(chunk)
         others = sum(len(v) for k, v in self.value.items() if k != name)
         if self._received[name] > self._max_bytes:
-            return self._refuse(name, f"over the {self._max_bytes / 1e6:.0f} MB limit per file")
+            return self._refuse(name, f"over the {_size(self._max_bytes)} limit per file")
         if others + self._received[name] > self._max_total:
-            return self._refuse(name, f"the files together are over the {self._max_total / 1e6:.0f} MB limit")
+            return self._refuse(name, f"the files together are over the {_size(self._max_total)} limit")
         if len(set(self.value) | set(self._received)) > self._max_files:
             return self._refuse(name, f"more than {self._max_files} file(s)")
         super()._process_event(event)
