@@ -286,18 +286,15 @@ def test_a_replaced_survey_store_is_not_shown(demo_copy, monkeypatch):
     assert data.light_curve(0) is not None or data.spectrum(0) is not None
     data2 = state.AppData(ArtifactSet.open(demo_copy["art"]))
     man = demo_copy["survey"] / "manifest.json"
-    m = json.loads(man.read_text())
+    original = man.read_bytes()
+    m = json.loads(original)
     m["note"] = "regenerated"
     man.write_text(json.dumps(m))
     assert data2.light_curve(0) is None and data2.spectrum(0) is None
     assert "has changed since this artifact set was built" in data2.survey_problem()
-    # restored: failures are not remembered for ever
-    del m["note"]
-    man.write_text(json.dumps(m))
-    m_orig = json.loads((Path(demo_copy["art"]) / "manifest.json").read_text())["survey"]["manifest_sha256"]
-    from desa_core.data.store import sha256_file
-    if sha256_file(man) == m_orig:
-        assert data2.survey() is not None
+    # put back: the failure is not remembered for ever (RETRY_S is 0 here)
+    man.write_bytes(original)
+    assert data2.survey() is not None and data2.survey_problem() is None
 
 
 def test_a_model_load_does_not_block_other_sessions(ex, monkeypatch):

@@ -382,7 +382,7 @@ def _build(key, run, feats, cfg, catalog, train, val, bcfg, seed, device, progre
         f2 = load_features(path)
         if not np.array_equal(np.asarray(f2.star_id).astype(str), np.asarray(feats.star_id).astype(str)) or \
                 not np.array_equal(np.asarray(f2.split).astype(str), np.asarray(feats.split).astype(str)):
-            raise _Unavailable(f"{path}: stars or splits differ from {run / 'features.npz'}")
+            raise _Unavailable(f"{path}: stars or splits differ from {RunDir(run).features_path}")
         sig = _signature(CACHE_VERSION, key, sha256_file(path), asdict(cfg.dualformer),
                          asdict(ablation_train_config(cfg)), seed)
         rep = _cached(cache_dir, key, sig, lambda: _ablation_representation(key, {}, f2, cfg, catalog, seed,
