@@ -419,3 +419,54 @@ def test_precompute_of_a_handful_of_stars_completes_with_a_pca_layout(trained_de
     assert np.isfinite(stars[["umap_x", "umap_y"]].to_numpy()).all()
     table = ex.search.search_row(0)
     assert len(table) == min(n - 1, ex.search.k)
+
+
+def test_login_is_required_when_asked_for(trained_demo, tmp_path):
+    """`desa serve --login FILE`: the page redirects to Panel's login form; the right password opens it."""
+    import http.cookiejar
+    import socket
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    pw = tmp_path / "pw"
+    pw.write_text("a long shared password\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "desa_core.cli", "serve", "--artifacts", str(trained_demo.art),
+                             "--port", str(port), "--login", str(pw)], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=Path(__file__).resolve().parents[1])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url + "/liveness", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break   # answering (even if it wants a login)
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    log.seek(0)
+                    pytest.fail(log.read()[-2000:])
+                time.sleep(0.5)
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        r = opener.open(url + "/", timeout=30)
+        assert "/login" in r.geturl() and b"password" in r.read().lower()
+        bad = opener.open(url + "/login", data=urllib.parse.urlencode({"username": "x", "password": "wrong"}).encode(),
+                          timeout=30)
+        assert "/login" in bad.geturl() and "error" in bad.geturl()
+        ok = opener.open(url + "/login", data=urllib.parse.urlencode(
+            {"username": "ada", "password": "a long shared password"}).encode(), timeout=60)
+        assert "/login" not in ok.geturl() and b"DESA Explorer" in ok.read()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
