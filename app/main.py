@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 _SESSIONS: "weakref.WeakValueDictionary[str, Explorer]" = weakref.WeakValueDictionary()
 _SESSIONS_LOCK = threading.Lock()
 _EXTENSION_LOADED = False
+TAB_STAR_DETAIL = 3
 
 
 def _ensure_extension():
@@ -78,6 +79,7 @@ class Explorer(pn.viewable.Viewer):
         self._alert = pn.pane.HTML("", visible=False, margin=(5, 10), sizing_mode="stretch_width")
         self.session.param.watch(self._show_message, ["message", "message_level"])
         self._layout = None
+        self._tabs = None
         if sync_url:
             self._sync_url()
         key = pn.state.curdoc.session_context.id if (pn.state.curdoc and pn.state.curdoc.session_context) \
@@ -100,10 +102,13 @@ class Explorer(pn.viewable.Viewer):
         self.last_active = time.time()
 
     def _star_clicked(self, row: int):
+        """A click on a star: it becomes the similarity-search target and its star detail opens."""
         try:
             self.search.search_row(row)
         except UserInputError as e:
             self.session.notify(str(e), "warning")
+        if self._tabs is not None:
+            self._tabs.active = TAB_STAR_DETAIL
 
     def _show_message(self, *_):
         s = self.session
@@ -122,7 +127,8 @@ class Explorer(pn.viewable.Viewer):
 
         def restore():
             self.restore_view(query)
-            loc.sync(self.session, {"color": "color", "selection_spec": "selection", "target": "target"})
+            loc.sync(self.session, {"umap_view": "map", "color": "color", "selection_spec": "selection",
+                                    "target": "target"})
         # After the page is on screen: the page is built on the server's event loop, and whatever a URL asks for
         # (a selection, a search) must not delay it, nor the /liveness answers that share that loop.
         pn.state.onload(restore, threaded=bool(pn.config.nthreads))
@@ -131,8 +137,8 @@ class Explorer(pn.viewable.Viewer):
         """Apply ``color``, ``selection`` and ``target`` from a URL's query. Each is checked on its own: a bad or
         hostile value gives a message naming it, and the page opens with the rest. Returns the problems."""
         problems = []
-        steps = (("color", self.maps.restore_colour), ("selection", self.session.restore_selection),
-                 ("target", self.search.restore_target))
+        steps = (("map", self.maps.restore_umap_view), ("color", self.maps.restore_colour),
+                 ("selection", self.session.restore_selection), ("target", self.search.restore_target))
         for key, apply in steps:
             value = query.get(key)
             if not value:
@@ -174,7 +180,8 @@ class Explorer(pn.viewable.Viewer):
                            ("Export", self.export), dynamic=True)
             # The star detail draws its figures only while its tab is open (a search stays fast).
             self.star_detail.visible = False
-            tabs.param.watch(lambda e: self.star_detail.set_visible(e.new == 3), "active")
+            tabs.param.watch(lambda e: self.star_detail.set_visible(e.new == TAB_STAR_DETAIL), "active")
+            self._tabs = tabs
             self._layout = pn.Column(pn.pane.Markdown("## DESA Explorer", margin=(0, 10)), self.header(),
                                      self._alert, self.maps, tabs)
         return self._layout
@@ -295,7 +302,7 @@ def _warm(data: AppData):
     for name in data.embedding_names:  # opens the indexes and learns which stars have each modality
         data.has_embedding(name)
     ex = Explorer(data)
-    for key in ("umap", "cmd", "hr"):
+    for key in data.maps:
         ex.maps.render(key)
     for col in data.colour_columns[:1]:
         ex.session.color = col

@@ -17,6 +17,7 @@ restored exactly.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MapSpec:
-    """One 2-D map of the stars: which columns, axis labels, and which axis runs backwards."""
+    """One 2-D map of the stars: which columns, axis labels, which axis runs backwards, and what the columns
+    are (``source``: the embedding a layout was made from, or 'observed' / 'true' / 'catalogue' values)."""
 
     key: str
     title: str
@@ -47,15 +49,48 @@ class MapSpec:
     y_label: str
     invert_x: bool = False
     invert_y: bool = False
+    source: str = ""
 
 
-MAPS = {
-    "umap": MapSpec("umap", "UMAP of the DESA embedding", "umap_x", "umap_y", "UMAP 1", "UMAP 2"),
-    "cmd": MapSpec("cmd", "Colour-magnitude diagram", "bp_rp", "abs_g", "BP - RP [mag]", "M_G [mag]",
-                   invert_y=True),
-    "hr": MapSpec("hr", "Hertzsprung-Russell diagram", "teff", "log_lum", "Teff [K]", "log L [L_sun]",
-                  invert_x=True),
+# Every map the page can draw, with the columns it prefers first. The UMAP slot shows one of the three layouts
+# (a switch); the CMD and HR diagram use survey-like observed columns where the star table has them (what a
+# real survey measures) and fall back to the catalogue's own (the simulator's true values).
+MAP_CHOICES: dict[str, list[MapSpec]] = {
+    "umap": [MapSpec("umap", "UMAP of the DESA embedding", "umap_x", "umap_y", "UMAP 1", "UMAP 2", source="desa")],
+    "umap_lc": [MapSpec("umap_lc", "UMAP of the light-curve embedding", "umap_lc_x", "umap_lc_y", "UMAP 1",
+                        "UMAP 2", source="light_curve")],
+    "umap_spec": [MapSpec("umap_spec", "UMAP of the spectrum embedding", "umap_spec_x", "umap_spec_y", "UMAP 1",
+                          "UMAP 2", source="spectrum")],
+    "cmd": [MapSpec("cmd", "Colour-magnitude diagram (observed, de-reddened)", "bp_rp0", "abs_g0",
+                    "(BP - RP)0 [mag]", "M_G,0 [mag]", invert_y=True, source="observed"),
+            MapSpec("cmd", "Colour-magnitude diagram (true values)", "bp_rp", "abs_g", "BP - RP [mag]",
+                    "M_G [mag]", invert_y=True, source="true")],
+    "hr": [MapSpec("hr", "Hertzsprung-Russell diagram (observed)", "teff_obs", "log_lum_obs", "Teff [K]",
+                   "log L [L_sun]", invert_x=True, source="observed"),
+           MapSpec("hr", "Hertzsprung-Russell diagram (true values)", "teff", "log_lum", "Teff [K]",
+                   "log L [L_sun]", invert_x=True, source="true")],
 }
+UMAP_VIEWS = ("umap", "umap_lc", "umap_spec")
+# The default maps (the columns a star table always has): what code without an AppData refers to.
+MAPS = {k: v[-1] for k, v in MAP_CHOICES.items() if k in ("umap", "cmd", "hr")}
+
+
+def choose_maps(stars: pd.DataFrame, simulated: bool = True) -> dict[str, MapSpec]:
+    """The maps a star table can draw: for each key the first choice whose two columns exist and are finite
+    for at least one star. A real survey's own columns are catalogue values, not a simulator's truth."""
+    out = {}
+    for key, choices in MAP_CHOICES.items():
+        for spec in choices:
+            if spec.x in stars.columns and spec.y in stars.columns and \
+                    bool((np.isfinite(stars[spec.x].to_numpy(np.float64, na_value=np.nan))
+                          & np.isfinite(stars[spec.y].to_numpy(np.float64, na_value=np.nan))).any()):
+                if spec.source == "true" and not simulated:
+                    spec = dataclasses.replace(spec, title=spec.title.replace("(true values)", "(catalogue)"),
+                                               source="catalogue")
+                out[key] = spec
+                break
+    return out
+
 
 EMBEDDING_LABELS = {"desa": "joint (DESA)", "light_curve": "light curve only", "spectrum": "spectra only"}
 
@@ -63,9 +98,37 @@ EMBEDDING_LABELS = {"desa": "joint (DESA)", "light_curve": "light curve only", "
 KEY_COLUMNS = ["star_id", "teff", "logg", "feh", "prot_days", "age_gyr", "binary_class", "ruwe", "bp_rp",
                "abs_g", "delta_mag_ms", "ra", "dec"]
 # Bookkeeping columns that are never offered as a colour or probe target.
-INTERNAL_COLUMNS = {"lc_row", "spec_row", "umap_x", "umap_y", "row"}
+INTERNAL_COLUMNS = {"lc_row", "spec_row", "umap_x", "umap_y", "umap_lc_x", "umap_lc_y", "umap_spec_x", "umap_spec_y",
+                    "row"}
 
 MAX_CATEGORIES = 32
+MAX_COLOUR_CATEGORIES = 20
+POPULATION_COLOUR, PROBE_CLASS_COLOUR, CLUSTER_COLOUR = "population membership", "probe class", "cluster"
+# A fixed colour key: class i of a column always gets colour i (Tableau 20, dark shades first).
+PALETTE20 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+             "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#9edae5",
+             "#dbdb8d", "#c7c7c7")
+
+
+def palette(k: int) -> tuple[str, ...]:
+    return PALETTE20[:k]
+
+
+@dataclass
+class Colouring:
+    """How the maps are coloured: 'density' (log counts), 'numeric' (mean of ``values`` per pixel) or
+    'categorical' (``values`` are int16 class codes, -1 = none; one colour per class, mixed per pixel)."""
+    name: str
+    kind: str
+    values: np.ndarray | None = None
+    categories: tuple = ()
+    colours: tuple = ()
+    label: str = ""
+    version: int = 0
+
+    @property
+    def key(self) -> tuple:
+        return (self.name, self.kind, self.version)
 RETRY_S = 30.0   # a failed survey-store or model load is retried after this long
 
 
@@ -118,6 +181,8 @@ class AppData:
         self._indexes: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._sky = None
+        self._trees: dict = {}
+        self._contours: dict = {}
         self._survey = None
         self._survey_rows = None
         self._survey_error: tuple[float, str] | None = None     # (when, why): retried after RETRY_S
@@ -126,7 +191,8 @@ class AppData:
         self._embedder_lock = threading.Lock()   # a model load must not hold the lock every search takes
         self.embedding_names = [k for k in ("desa", "light_curve", "spectrum")
                                 if k in (self.manifest.get("embeddings") or {})]
-        for m in MAPS.values():  # the map coordinates are needed by every session: load them now
+        self.maps = choose_maps(self.stars, self.is_simulated)
+        for m in self.maps.values():  # the map coordinates are needed by every session: load them now
             self.column(m.x), self.column(m.y), self.default_range(m.key)
         # Every file of the set is opened now (embeddings and Flat/HNSW indexes memory-mapped, so this is cheap):
         # a precompute re-run in place replaces files by rename, and what is open here keeps the old contents,
@@ -161,9 +227,10 @@ class AppData:
     def map_title(self, key: str) -> str:
         """A map's title; the UMAP one says when precompute laid the stars out another way (too few stars)."""
         info = ((self.manifest.get("maps") or {}).get(key) or {})
-        if key == "umap" and info.get("method") == "pca":
-            return "2-D layout: PCA of the DESA embedding (too few stars for UMAP)"
-        return MAPS[key].title
+        spec = self.maps[key]
+        if key in UMAP_VIEWS and info.get("method") == "pca":
+            return spec.title.replace("UMAP of", "2-D layout (PCA: too few stars for UMAP) of")
+        return spec.title
 
     # --- columns ------------------------------------------------------------------------------------
     def column(self, name: str) -> np.ndarray:
@@ -200,7 +267,7 @@ class AppData:
     def default_range(self, key: str):
         """(x_range, y_range) showing 99.8% of the stars on a map, with a margin."""
         if key not in self._ranges:
-            m = MAPS[key]
+            m = self.maps[key]
             out = []
             for c in (m.x, m.y):
                 v = self.column(c)
@@ -212,6 +279,74 @@ class AppData:
                 out.append((float(lo - pad), float(hi + pad)))
             self._ranges[key] = (out[0], out[1])
         return self._ranges[key]
+
+    # --- map geometry (hover, click, contours) --------------------------------------------------------
+    def _map_tree(self, key: str):
+        """(cKDTree, rows, origin, scale) of one map's finite coordinates, in units of its default range."""
+        with self._lock:
+            hit = self._trees.get(key)
+            if hit is None:
+                from scipy.spatial import cKDTree
+                m = self.maps[key]
+                x, y = self.column(m.x), self.column(m.y)
+                rows = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+                (x0, x1), (y0, y1) = self.default_range(key)
+                scale = np.array([max(x1 - x0, 1e-12), max(y1 - y0, 1e-12)])
+                origin = np.array([x0, y0])
+                pts = (np.column_stack([x[rows], y[rows]]).astype(np.float64) - origin) / scale
+                hit = (cKDTree(pts, balanced_tree=False, compact_nodes=False), rows, origin, scale)
+                self._trees[key] = hit
+            return hit
+
+    def nearest_star(self, key: str, x: float, y: float, x_range, y_range, width: int, height: int,
+                     max_px: float) -> int:
+        """Row of the star nearest (x, y) on map ``key`` within ``max_px`` screen pixels of a ``width`` x
+        ``height`` frame showing ``x_range`` x ``y_range``, or -1. A kd-tree query (the 32 nearest in the
+        map's default scaling, then the nearest on screen), so its cost does not grow with the star count."""
+        if not (np.isfinite(x) and np.isfinite(y)):
+            return -1
+        tree, rows, origin, scale = self._map_tree(key)
+        if len(rows) == 0:
+            return -1
+        d, idx = tree.query((np.array([x, y]) - origin) / scale, k=min(32, len(rows)))
+        idx = np.atleast_1d(idx)
+        idx = idx[idx < len(rows)]
+        if len(idx) == 0:
+            return -1
+        cand = rows[idx]
+        m = self.maps[key]
+        sx = abs(x_range[1] - x_range[0]) / width or 1e-12
+        sy = abs(y_range[1] - y_range[0]) / height or 1e-12
+        px = np.hypot((self.column(m.x)[cand] - x) / sx, (self.column(m.y)[cand] - y) / sy)
+        best = int(np.argmin(px))
+        return int(cand[best]) if px[best] <= max_px else -1
+
+    def density_contours(self, key: str, fractions=(0.5, 0.8, 0.95), bins: int = 160) -> list[np.ndarray]:
+        """Paths (arrays of (x, y)) of the smoothed star density on map ``key`` at the levels that enclose the
+        given fractions of the stars (highest-density regions), computed once per process."""
+        with self._lock:
+            if key in self._contours:
+                return self._contours[key]
+        import contourpy
+        from scipy.ndimage import gaussian_filter
+        m = self.maps[key]
+        x, y = self.column(m.x), self.column(m.y)
+        ok = np.isfinite(x) & np.isfinite(y)
+        (x0, x1), (y0, y1) = self.default_range(key)
+        paths: list[np.ndarray] = []
+        if ok.sum() >= 10:
+            h, xe, ye = np.histogram2d(x[ok], y[ok], bins=bins, range=[[x0, x1], [y0, y1]])
+            h = gaussian_filter(h, 2.0)
+            flat = np.sort(h.ravel())[::-1]
+            cum = np.cumsum(flat) / max(flat.sum(), 1e-12)
+            gen = contourpy.contour_generator(0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1]), h.T)
+            for f in fractions:
+                level = float(flat[min(np.searchsorted(cum, f), len(flat) - 1)])
+                if level > 0:
+                    paths += [p for p in gen.lines(level) if len(p) >= 3]
+        with self._lock:
+            self._contours[key] = paths
+        return paths
 
     # --- stars --------------------------------------------------------------------------------------
     def rows_of(self, star_ids) -> np.ndarray:
@@ -501,12 +636,13 @@ def _finite(v, what) -> float:
     return float(v)
 
 
-def validate_steps(steps, columns=(), depth: int = 0, budget: list | None = None) -> list:
+def validate_steps(steps, columns=(), depth: int = 0, budget: list | None = None, maps=MAPS) -> list:
     """Check a selection spec (a list of steps) before anything is computed from it; returns a clean copy.
 
     Every step is ``[mode, kind, ...args]`` with the arity and types of its kind; unknown maps, modes and
     kinds, non-finite numbers, oversized id lists or polygons and too deep or too many groups are refused
-    with a UserInputError that says which step is wrong. ``columns``: the columns a range step may use."""
+    with a UserInputError that says which step is wrong. ``columns``: the columns a range step may use;
+    ``maps``: the maps a box or lasso may be drawn on."""
     budget = budget if budget is not None else [MAX_STEPS]
     if depth > MAX_GROUP_DEPTH:
         raise UserInputError(f"selection groups are nested more than {MAX_GROUP_DEPTH} deep")
@@ -528,8 +664,8 @@ def validate_steps(steps, columns=(), depth: int = 0, budget: list | None = None
         arity = {"box": 5, "lasso": 2, "query": 1, "ids": 1, "group": 1, "all": 0, "range": 3}[kind]
         if len(args) != arity:
             raise UserInputError(f"{where}: a {kind} step takes {arity} values, not {len(args)}")
-        if kind in ("box", "lasso") and args[0] not in MAPS:
-            raise UserInputError(f"{where}: unknown map {str(args[0])[:20]!r} (use {', '.join(MAPS)})")
+        if kind in ("box", "lasso") and args[0] not in maps:
+            raise UserInputError(f"{where}: unknown map {str(args[0])[:20]!r} (use {', '.join(maps)})")
         if kind == "box":
             args = [args[0]] + [_finite(v, f"{where}: a box corner") for v in args[1:]]
         elif kind == "lasso":
@@ -548,7 +684,7 @@ def validate_steps(steps, columns=(), depth: int = 0, budget: list | None = None
         elif kind == "group":
             if not isinstance(args[0], list) or not args[0]:
                 raise UserInputError(f"{where}: a group holds a non-empty list of steps")
-            args = [validate_steps(args[0], columns, depth + 1, budget)]
+            args = [validate_steps(args[0], columns, depth + 1, budget, maps)]
         elif kind == "range":
             col = args[0]
             if not isinstance(col, str) or col not in columns:
@@ -587,6 +723,9 @@ class Session(param.Parameterized):
     populations_version = param.Integer(default=0)
     prediction_version = param.Integer(default=0)
     prediction_label = param.String(default="")
+    clusters_version = param.Integer(default=0)
+    umap_view = param.String(default="umap", doc="which UMAP layout the first map shows (URL state)")
+    show_contours = param.Boolean(default=False, doc="draw density contours over the maps")
     message = param.String(default="")
     message_level = param.Selector(default="info", objects=["info", "success", "warning", "danger"])
 
@@ -600,6 +739,9 @@ class Session(param.Parameterized):
         self.neighbours: pd.DataFrame | None = None  # rank, row, star_id, similarity + key columns
         self.populations: dict[str, dict] = {}
         self.prediction: np.ndarray | None = None
+        self.prediction_kind: str = ""
+        self.clusters: np.ndarray | None = None   # int16 cluster per star (-1: none), from the Regions tab
+        self.clusters_label: str = ""
         self._lock = threading.RLock()
 
     # --- messages -----------------------------------------------------------------------------------
@@ -612,12 +754,12 @@ class Session(param.Parameterized):
         kind = step[1]
         if kind == "box":
             _, _, view, x0, x1, y0, y1 = step
-            m = MAPS[view]
+            m = self.data.maps[view]
             x, y = self.data.column(m.x), self.data.column(m.y)
             return (x >= min(x0, x1)) & (x <= max(x0, x1)) & (y >= min(y0, y1)) & (y <= max(y0, y1))
         if kind == "lasso":
             _, _, view, flat = step
-            m = MAPS[view]
+            m = self.data.maps[view]
             verts = np.asarray(flat, dtype=np.float64).reshape(-1, 2)
             return _points_in_polygon(self.data.column(m.x), self.data.column(m.y), verts)
         if kind == "range":
@@ -638,7 +780,7 @@ class Session(param.Parameterized):
 
     def validate(self, steps) -> list:
         """A spec checked against this artifact set (see :func:`validate_steps`)."""
-        return validate_steps(steps, self.data.colour_columns)
+        return validate_steps(steps, self.data.colour_columns, maps=self.data.maps)
 
     def _fold(self, steps) -> np.ndarray | None:
         mask = None
@@ -790,15 +932,84 @@ class Session(param.Parameterized):
         self.param.update(target=target_label, neighbours_version=self.neighbours_version + 1)
 
     # --- probe prediction ---------------------------------------------------------------------------
-    def set_prediction(self, values: np.ndarray | None, label: str):
+    def set_clusters(self, labels: np.ndarray | None, label: str = ""):
         with self._lock:
-            self.prediction = values
+            self.clusters, self.clusters_label = labels, label
+        self.clusters_version += 1
+
+    def set_prediction(self, values: np.ndarray | None, label: str, kind: str = "ridge"):
+        with self._lock:
+            self.prediction, self.prediction_kind = values, kind
         self.param.update(prediction_label=label, prediction_version=self.prediction_version + 1)
 
     def colour_values(self, name: str) -> np.ndarray | None:
-        """Values the maps are coloured by (None = density)."""
+        """Numeric values the maps are coloured by (None = density or a categorical colouring)."""
+        c = self.colouring(name)
+        return c.values if c.kind == "numeric" else None
+
+    def colour_options(self) -> list[str]:
+        """Every colouring the page offers now: density, numeric and boolean columns (mean per pixel),
+        categorical columns and the session's derived classes (one colour per class)."""
+        opts = ["density"] + self.data.colour_columns + [c for c in self.data.categorical_columns
+                                                         if len(self.data.schema.categories[c]) <= MAX_COLOUR_CATEGORIES]
+        if self.populations:
+            opts.append(POPULATION_COLOUR)
+        if self.prediction is not None:
+            opts.append("probe prediction")
+            if self.prediction_kind == "logistic":
+                opts.append(PROBE_CLASS_COLOUR)
+        if self.clusters is not None:
+            opts.append(CLUSTER_COLOUR)
+        return opts
+
+    def colouring(self, name: str | None = None) -> "Colouring":
+        """What the maps show for colour ``name`` (default: the session's); raises UserInputError if unknown."""
+        name = self.color if name is None else name
         if name == "density":
-            return None
+            return Colouring(name, "density", label="log10 stars per pixel")
         if name == "probe prediction":
-            return self.prediction
-        return self.data.column(name)
+            if self.prediction is None:
+                raise UserInputError("no probe has been fitted yet")
+            return Colouring(name, "numeric", self.prediction, label=self.prediction_label or name,
+                             version=self.prediction_version)
+        if name == PROBE_CLASS_COLOUR:
+            if self.prediction is None or self.prediction_kind != "logistic":
+                raise UserInputError("no classification probe has been fitted yet")
+            p = self.prediction
+            codes = np.where(np.isfinite(p), (p >= 0.5).astype(np.int16), -1).astype(np.int16)
+            desc = self.prediction_label.removeprefix("probe: ")
+            if desc.startswith("P(") and desc.endswith(")"):
+                desc = desc[2:-1]
+            return Colouring(name, "categorical", codes, (f"not {desc}", desc), ("#9e9e9e", "#d62728"),
+                             label=f"probe class (P >= 0.5): {desc}", version=self.prediction_version)
+        if name == POPULATION_COLOUR:
+            names = list(self.populations)[:MAX_COLOUR_CATEGORIES - 2]
+            if not names:
+                raise UserInputError("no population has been saved yet")
+            member = np.zeros(self.data.n, np.int16)
+            codes = np.full(self.data.n, -1, np.int16)
+            for i, nm in enumerate(names):
+                m = self.populations[nm]["mask"]
+                codes[m & (member == 0)] = i
+                member += m
+            several = len(names)
+            codes[member > 1] = several
+            cats = tuple(names) + ("in several",)
+            return Colouring(name, "categorical", codes, cats, palette(len(names)) + ("#000000",),
+                             label="population membership (stars in none are not coloured)",
+                             version=self.populations_version)
+        if name == CLUSTER_COLOUR:
+            if self.clusters is None:
+                raise UserInputError("no clusters have been found yet (Regions tab)")
+            k = int(self.clusters.max()) + 1 if len(self.clusters) else 0
+            return Colouring(name, "categorical", self.clusters, tuple(f"cluster {i + 1}" for i in range(k)),
+                             palette(k), label=f"GMM cluster ({self.clusters_label})", version=self.clusters_version)
+        if name in self.data.categorical_columns:
+            cats = tuple(self.data.schema.categories[name])
+            if len(cats) > MAX_COLOUR_CATEGORIES:
+                raise UserInputError(f"{name} has {len(cats)} classes: at most {MAX_COLOUR_CATEGORIES} can be coloured")
+            return Colouring(name, "categorical", self.data.expression_column(name), cats, palette(len(cats)),
+                             label=name)
+        if name in self.data.colour_columns:
+            return Colouring(name, "numeric", self.data.column(name), label=name)
+        raise UserInputError(f"no colour {str(name)[:40]!r}")

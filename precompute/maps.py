@@ -71,6 +71,21 @@ def umap_layout(embedding: np.ndarray, config: UmapConfig | None = None, seed: i
         return pca_layout(embedding, f"UMAP failed: {str(e)[:120]}")
 
 
+def stream_layout(embedding: np.ndarray, config: UmapConfig | None = None, seed: int = 0,
+                  progress: bool = True) -> tuple[np.ndarray, dict]:
+    """The UMAP of a single-modality embedding, whose rows are NaN for stars without that modality: laid out
+    over the stars that have it, NaN coordinates for the others."""
+    from precompute.stages import defined_rows
+    rows = defined_rows(embedding)
+    out = np.full((embedding.shape[0], 2), np.nan, np.float32)
+    if len(rows) == 0:
+        return out, {"method": "none", "reason": "no star has this modality", "n_fit": 0, "n_transformed": 0}
+    sub = np.asarray(embedding[rows], dtype=np.float32)
+    xy, info = umap_layout(sub, config, seed=seed, progress=progress)
+    out[rows] = xy
+    return out, {**info, "n_stars": int(len(rows))}
+
+
 def _umap_layout(embedding, cfg: UmapConfig, seed: int, progress: bool) -> tuple[np.ndarray, dict]:
     import umap  # imported here: numba compilation costs seconds and only this stage needs it
     from sklearn.decomposition import PCA

@@ -28,7 +28,7 @@ from desa_core.artifacts import (EMBEDDING_NAMES, KIND_SURVEY, KIND_SYNTHETIC, M
                                  write_manifest)
 from desa_core.data.store import SurveyStoreError, sha256_file
 from precompute import stages as S
-from precompute.maps import UmapConfig, umap_layout
+from precompute.maps import UmapConfig, stream_layout, umap_layout
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +187,16 @@ def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_
     else:
         _drop_manifest(out)
         t0 = time.perf_counter()
-        emb = np.load(out / embedding_file("desa"), mmap_mode="r")
-        xy, info = umap_layout(emb, umap_cfg, seed=seed, progress=progress)
-        rel = S.save_map(out, xy)
-        rec = book.record("maps", maps_fp, [rel], time.perf_counter() - t0, umap=info)
+        rels, infos = [], {}
+        for name in [k for k in S.MAP_COLUMNS if k in names]:
+            emb = np.load(out / embedding_file(name), mmap_mode="r")
+            log.info("stage maps: UMAP of the %s embedding", name)
+            xy, infos[name] = stream_layout(emb, umap_cfg, seed, progress) if name != "desa" else \
+                umap_layout(emb, umap_cfg, seed=seed, progress=progress)
+            rels.append(S.save_map(out, xy, name))
+        rec = book.record("maps", maps_fp, rels, time.perf_counter() - t0, umap=infos["desa"], layouts=infos)
     umap_info = rec.get("umap", {})
+    layout_info = rec.get("layouts", {"desa": umap_info})
 
     # ------------------------------------------------------------------ stage 4: stars table
     stars_fp = S.fingerprint({"stage": "stars", "v": S.STAGE_VERSIONS["stars"], "catalog": catalog_fp,
@@ -201,8 +206,8 @@ def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_
     else:
         _drop_manifest(out)
         t0 = time.perf_counter()
-        xy = np.load(out / S.WORK_DIR / "umap.npy")
-        rel = S.write_stars(out, catalog_batches, xy)
+        layouts = {name: np.load(out / S.map_file(name)) for name in layout_info}
+        rel = S.write_stars(out, catalog_batches, layouts)
         book.record("stars", stars_fp, [rel], time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ stage 5: manifest
@@ -226,7 +231,9 @@ def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_
         "n_stars": int(n),
         "embeddings": embeddings,
         "indexes": index_entries,
-        "maps": {"umap": {"columns": ["umap_x", "umap_y"], "source": "desa", **umap_cfg.to_dict(), **umap_info},
+        "maps": {**{("umap" if name == "desa" else f"umap_{'lc' if name == 'light_curve' else 'spec'}"):
+                    {"columns": list(S.MAP_COLUMNS[name]), "source": name, **umap_cfg.to_dict(), **info}
+                    for name, info in layout_info.items()},
                  "cmd": {"columns": ["bp_rp", "abs_g"]}, "hr": {"columns": ["teff", "log_lum"]}},
         "stages": {s: {"wall_s": records[s]["wall_s"], "inputs": records[s]["inputs"]} for s in stage_names},
         "files": files,

@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 STATE_DIR = "_state"
 WORK_DIR = "_work"
 # Bump a stage's version when its code changes what it writes: old outputs are then recomputed.
-STAGE_VERSIONS = {"embed": 1, "synthetic": 1, "index": 2, "maps": 2, "stars": 1}
+STAGE_VERSIONS = {"embed": 1, "synthetic": 1, "index": 2, "maps": 3, "stars": 2}
 FIRST_COLUMNS = ["star_id", "umap_x", "umap_y", "bp_rp", "abs_g", "teff", "log_lum"]
+# The UMAP layouts precompute writes: embedding -> the star-table columns of its coordinates.
+MAP_COLUMNS = {"desa": ("umap_x", "umap_y"), "light_curve": ("umap_lc_x", "umap_lc_y"),
+               "spectrum": ("umap_spec_x", "umap_spec_y")}
 
 
 def fingerprint(obj) -> str:
@@ -289,16 +292,19 @@ def build_one_index(out: Path, name: str, kind: str = "auto", seed: int = 0, pro
 
 
 # ------------------------------------------------------------------------------------------ stars table
-def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]], umap_xy: np.ndarray) -> str:
-    """ART/stars.parquet: catalogue batches (in row order) + UMAP coordinates, float32 where possible."""
+def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]], layouts: dict) -> str:
+    """ART/stars.parquet: catalogue batches (in row order) + the UMAP coordinates of each layout
+    (``layouts``: embedding name -> (N, 2) array, NaN for stars without it), float32 where possible."""
     w = ParquetChunkWriter(out / "stars.parquet")
     try:
         r = 0
         for batch in catalog_batches():
             batch = batch.reset_index(drop=True).copy()
             m = len(batch)
-            batch["umap_x"] = umap_xy[r:r + m, 0]
-            batch["umap_y"] = umap_xy[r:r + m, 1]
+            for name, xy in layouts.items():
+                cx, cy = MAP_COLUMNS[name]
+                batch[cx] = xy[r:r + m, 0]
+                batch[cy] = xy[r:r + m, 1]
             batch["star_id"] = batch["star_id"].astype(str)
             for c in ("bp_rp", "abs_g", "teff", "log_lum"):
                 if c not in batch:
@@ -306,8 +312,9 @@ def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]]
             cols = FIRST_COLUMNS + [c for c in batch.columns if c not in FIRST_COLUMNS]
             w.write(to_float32(batch[cols]))
             r += m
-        if r != len(umap_xy):
-            raise ValueError(f"catalogue has {r} rows but the map has {len(umap_xy)}")
+        n_map = len(layouts["desa"])
+        if r != n_map:
+            raise ValueError(f"catalogue has {r} rows but the map has {n_map}")
         w.commit()
     finally:
         if not w._done:
@@ -315,7 +322,11 @@ def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]]
     return "stars.parquet"
 
 
-def save_map(out: Path, xy: np.ndarray) -> str:
-    rel = f"{WORK_DIR}/umap.npy"
+def map_file(name: str) -> str:
+    return f"{WORK_DIR}/umap.npy" if name == "desa" else f"{WORK_DIR}/umap_{name}.npy"
+
+
+def save_map(out: Path, xy: np.ndarray, name: str = "desa") -> str:
+    rel = map_file(name)
     save_npy(out / rel, xy.astype(np.float32))
     return rel

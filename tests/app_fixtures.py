@@ -1,7 +1,7 @@
 """Small artifact sets for the dashboard tests, built by the real precompute pipeline (``--synthetic``).
 
-Only the UMAP stage is replaced, by the first two principal components of the DESA embedding: umap-learn's
-numba compilation alone takes ~30 s, and the dashboard treats ``umap_x``/``umap_y`` as plain coordinates.
+Only UMAP is replaced, by the first two principal components of each embedding: umap-learn's numba
+compilation alone takes ~30 s, and the dashboard treats the UMAP columns as plain coordinates.
 """
 from __future__ import annotations
 
@@ -22,6 +22,6 @@ def pca_layout(embedding, config=None, seed=0, progress=True):
 
 def make_artifacts(out: Path, n: int = 1500, seed: int = 0) -> Path:
     """A synthetic-benchmark artifact set of ``n`` stars at ``out`` (seconds, not minutes)."""
-    from precompute import pipeline
-    with mock.patch.object(pipeline, "umap_layout", pca_layout):
+    from precompute import maps, pipeline
+    with mock.patch.object(pipeline, "umap_layout", pca_layout), mock.patch.object(maps, "umap_layout", pca_layout):
         return pipeline.run_precompute(synthetic=n, out=out, seed=seed, dims=TEST_DIMS, progress=False)

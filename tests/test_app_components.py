@@ -17,6 +17,13 @@ def art(tmp_path_factory):
     return make_artifacts(tmp_path_factory.mktemp("art") / "set", n=1500)
 
 
+def _layer(overlay, group):
+    """The one layer of a map overlay with this group (Base, Selected, BaseClasses, Neighbours, ...)."""
+    found = [el for el in overlay if el.group == group]
+    assert len(found) == 1, [el.group for el in overlay]
+    return found[0]
+
+
 @pytest.fixture()
 def ex(art):
     from app.main import Explorer
@@ -34,7 +41,7 @@ def test_box_selection_counts_and_renders_all_maps(ex):
     assert f"{expected:,}" in ex.maps.count.object
     for key in ("umap", "cmd", "hr"):
         overlay = ex.maps.render(key)
-        base, top = overlay.get(0), overlay.get(1)
+        base, top = _layer(overlay, "Base"), _layer(overlay, "Selected")
         # the selected layer holds only the selected stars; the dimmed layer all of them
         assert np.isfinite(top.data).sum() < np.isfinite(base.data).sum()
         assert (base.group, top.group) == ("Base", "Selected")
@@ -127,7 +134,7 @@ def test_search_by_id_position_and_click(ex):
     assert table.similarity.is_monotonic_decreasing and (table.similarity <= 1.0001).all()
     assert s.target == sid and s.neighbours is table
     overlay = ex.maps.render("umap")
-    assert len(overlay.get(2)) == 7 and len(overlay.get(3)) == 1  # neighbours and target on the map
+    assert len(_layer(overlay, "Neighbours")) == 7 and len(_layer(overlay, "Target")) == 1  # on the map
     # restrict to a selection: every neighbour lies in it
     s.select_query("teff > 5800")
     ex.search.restrict = "(current selection)"
@@ -225,7 +232,7 @@ def test_probes_numeric_categorical_and_selection(ex):
     assert r.scores["desa"] > 0.5  # Teff is linearly readable from the synthetic embedding
     assert ex.session.color == "probe prediction" and ex.session.prediction.shape == (ex.data.n,)
     overlay = ex.maps.render("hr")
-    assert overlay.get(1).vdims[0].label.startswith("probe")
+    assert _layer(overlay, "Selected").vdims[0].label.startswith("probe")
     r = p.fit("binary_class", n_labels=80, positive_class="close_sync")
     assert r.metric == "AUC" and 0 <= r.scores["desa"] <= 1
     ex.session.select_query("teff > 6000")
@@ -273,30 +280,43 @@ def test_star_detail_and_notices(ex):
     assert "SYNTHETIC BENCHMARK" in header.objects[0].object
 
 
+def _plot(ex, key):
+    return list(ex.maps.panes[key]._plots.values())[0][0]
+
+
 def test_selection_pushed_to_bokeh_matches_a_full_redraw(ex):
-    """The fast path (new 'Selected' raster straight into the Bokeh source) draws what HoloViews would."""
+    """The fast path (new 'Selected' raster straight into the Bokeh source) draws what HoloViews would, for a
+    density, a numeric and a class colouring; likewise the neighbour, target and hover markers."""
     from bokeh.document import Document
     ex.__panel__().get_root(Document())
-    sources = {k: list(p._plots.values())[0][0].subplots[("Selected", "I")].handles["source"]
-               for k, p in ex.maps.panes.items()}
-    for colour in ("density", "teff"):
+    shown = ex.maps.shown_keys()
+    for colour, group in (("density", "Selected"), ("teff", "Selected"), ("binary_class", "SelectedClasses")):
         ex.session.color = colour
         ex.session.select_query("teff > 5800")
+        sources = {k: _plot(ex, k).subplots[(group, "I")].handles["source"] for k in shown}
         fast = {k: np.array(s.data["image"][0]) for k, s in sources.items()}
         for k, s in sources.items():
             ex.maps.dmaps[k].event()  # full HoloViews redraw
             full = np.asarray(s.data["image"][0])
+            assert fast[k].shape == full.shape and fast[k].dtype == full.dtype, (colour, k)
             assert np.array_equal(np.nan_to_num(fast[k], nan=-9), np.nan_to_num(full, nan=-9)), (colour, k)
-        base = list(ex.maps.panes["cmd"]._plots.values())[0][0].subplots[("Base", "I")].handles["source"]
-        assert 0 < np.isfinite(fast["cmd"]).sum() < np.isfinite(base.data["image"][0]).sum()
-    # the same for the neighbour and target markers of a similarity search
+        base_group = "Base" if group == "Selected" else "BaseClasses"
+        base = _plot(ex, "cmd").subplots[(base_group, "I")].handles["source"]
+        lit = (lambda a: np.isfinite(a)) if group == "Selected" else (lambda a: a != 0)
+        assert 0 < lit(fast["cmd"]).sum() < lit(np.asarray(base.data["image"][0])).sum()
+    # the same for the neighbour and target markers of a similarity search, and the hover marker
     ex.search.search_row(4)
-    for k, pane in ex.maps.panes.items():
-        plot = list(pane._plots.values())[0][0]
+    m = ex.data.maps[shown[0]]
+    ex.maps.hover_at(shown[0], float(ex.data.column(m.x)[4]), float(ex.data.column(m.y)[4]))
+    for k in shown:
+        plot = _plot(ex, k)
         fast = {g: {c: np.array(v) for c, v in plot.subplots[(g, "I")].handles["source"].data.items()}
-                for g in ("Neighbours", "Target")}
+                for g in ("Neighbours", "Target", "Hover")}
         ex.maps.dmaps[k].event()
         for g in fast:
             full = plot.subplots[(g, "I")].handles["source"].data
             assert all(np.array_equal(fast[g][c], np.asarray(full[c])) for c in full), (k, g)
         assert len(fast["Neighbours"]["star_id"]) == ex.search.k and len(fast["Target"]) == 2
+        hovered = len(next(iter(fast["Hover"].values())))
+        assert hovered == (1 if k == shown[0] else 0), (k, hovered)
+    assert ex.maps.hover == (shown[0], 4)

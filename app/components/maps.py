@@ -1,20 +1,26 @@
-"""Linked maps: UMAP of the DESA embedding, colour-magnitude diagram and HR diagram.
+"""Linked maps: a UMAP (of the DESA, light-curve-only or spectrum-only embedding: a switch), the
+colour-magnitude diagram and the HR diagram.
 
 Each map is rasterised on the server with datashader (a ``hv.Points`` layer is never sent to the browser as
 points): a dimmed layer of all stars, a full-opacity layer of the selected stars (all stars when nothing is
-selected), both on the same colour scale with a colourbar, and small native point layers for the
-similarity-search target and its neighbours. Zooming re-aggregates at the new range (``RangeXY``).
+selected), both on the same colour scale, and small native point layers for the similarity-search target, its
+neighbours and the star under the cursor. Colour by density, by the mean of a numeric column per pixel (a
+colourbar), or by a categorical column or class (datashader's ``count_cat``, each pixel mixing the fixed
+colours of the classes it holds; a legend with the counts of each class overall and in the selection).
+Zooming re-aggregates at the new range (``RangeXY``); density contours can be drawn over any map.
 
 Box and lasso selections arrive as geometry (``BoundsXY``, ``Lasso`` streams), are resolved on the server into
-a mask over all stars (``Session.select_box`` / ``select_lasso``) and re-render all three maps; a click
-(``Tap``) picks the nearest star as the similarity-search target.
+a mask over all stars (``Session.select_box`` / ``select_lasso``) and re-render all three maps. The cursor
+(``PointerXY``) is resolved on the server by a kd-tree of each map's coordinates into the nearest star within a
+few pixels, shown with its id and key properties; a click (``Tap``) on a star makes it the similarity-search
+target and opens its star detail.
 
-Speed: a selection changes only each map's "Selected" raster, and a search only its two point layers. Those
-are computed (the three rasters in parallel threads; datashader's kernels release the GIL) and written
-straight into the plots' Bokeh data sources, on the session's next tick when the document lock is not held,
-exactly as HoloViews would write them (a test checks this). Everything else (zoom, colour, first draw)
-goes through HoloViews' DynamicMap. HoloViews options are attached once to template elements whose ids
-each frame reuses, never per frame.
+Speed: a selection changes only each map's "Selected" raster, and a search or a hover only its small point
+layers. Those are computed (the three rasters in parallel threads; datashader's kernels release the GIL) and
+written straight into the plots' Bokeh data sources, on the session's next tick when the document lock is not
+held, exactly as HoloViews would write them (a test checks this). Everything else (zoom, colour, first draw)
+goes through HoloViews' DynamicMap. HoloViews options are attached once to template elements whose ids each
+frame reuses, never per frame.
 
 Sparse layers are spread by a few pixels (like ``dynspread``) so that a handful of selected stars stays
 visible at 10^6-star scale.
@@ -35,7 +41,7 @@ import pandas as pd
 import panel as pn
 from panel.io.document import unlocked
 
-from app.state import MAPS, Session, UserInputError
+from app.state import UMAP_VIEWS, Colouring, Session, UserInputError
 from app.text import esc
 
 log = logging.getLogger(__name__)
@@ -43,7 +49,10 @@ log = logging.getLogger(__name__)
 FRAME_WIDTH, FRAME_HEIGHT = 380, 330
 DIM_ALPHA = 0.22
 CMAP = "viridis"
+HOVER_PX = 8.0
+HOVER_COLUMNS = ("teff", "logg", "feh", "prot_days", "age_gyr", "binary_class", "ruwe")
 _POOL = ThreadPoolExecutor(max_workers=3, thread_name_prefix="desa-maps")  # stateless workers, shared
+UMAP_LABELS = {"umap": "DESA", "umap_lc": "light curve", "umap_spec": "spectrum"}
 
 
 def _spread_px(count: np.ndarray, max_px: int = 3) -> int:
@@ -53,6 +62,11 @@ def _spread_px(count: np.ndarray, max_px: int = 3) -> int:
         if lit >= frac:
             return min(px, max_px)
     return max_px
+
+
+def _canvas(x_range, y_range, width, height):
+    return ds.Canvas(plot_width=int(width), plot_height=int(height), x_range=tuple(map(float, x_range)),
+                     y_range=tuple(map(float, y_range)))
 
 
 def aggregate(x: np.ndarray, y: np.ndarray, values: np.ndarray | None, rows: np.ndarray | None,
@@ -69,8 +83,7 @@ def aggregate(x: np.ndarray, y: np.ndarray, values: np.ndarray | None, rows: np.
     if values is not None:
         cols["v"] = values
     df = pd.DataFrame(cols, copy=False)
-    cv = ds.Canvas(plot_width=int(width), plot_height=int(height), x_range=tuple(map(float, x_range)),
-                   y_range=tuple(map(float, y_range)))
+    cv = _canvas(x_range, y_range, width, height)
     if values is None:
         count = cv.points(df, "x", "y", agg=ds.count())
         px = _spread_px(count.values) if spread else 0
@@ -91,17 +104,57 @@ def aggregate(x: np.ndarray, y: np.ndarray, values: np.ndarray | None, rows: np.
     return out
 
 
+def aggregate_categories(x: np.ndarray, y: np.ndarray, codes: np.ndarray, colours, rows: np.ndarray | None,
+                         x_range, y_range, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT,
+                         spread: bool = True) -> np.ndarray:
+    """Rasterise stars by class: datashader ``count_cat`` per pixel, shaded with the fixed colour key (a pixel
+    mixes its classes' colours by their counts; opacity follows the total, histogram-equalised). Returns the
+    (height, width) uint32 RGBA image, rows bottom to top; stars with code -1 are left out."""
+    if rows is None:
+        rows = np.flatnonzero(codes >= 0)
+    else:
+        rows = rows[codes[rows] >= 0]
+    k = len(colours)
+    cat = pd.Categorical.from_codes(np.asarray(codes[rows], dtype=np.int16), categories=[str(i) for i in range(k)])
+    df = pd.DataFrame({"x": x[rows], "y": y[rows], "c": cat}, copy=False)
+    cv = _canvas(x_range, y_range, width, height)
+    agg = cv.points(df, "x", "y", agg=ds.count_cat("c"))
+    img = tf.shade(agg, color_key={str(i): c for i, c in enumerate(colours)}, how="eq_hist", min_alpha=90)
+    total = agg.sum(dim=agg.dims[-1]).values
+    px = _spread_px(total) if spread else 0
+    if px:
+        img = tf.spread(img, px=px)
+    return np.ascontiguousarray(img.data, dtype=np.uint32)
+
+
+def category_counts(codes: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
+    c = codes if rows is None else codes[rows]
+    return np.bincount(c[c >= 0].astype(np.int64), minlength=k)[:k]
+
+
 def warm_kernels():
-    """Compile datashader's numba kernels (every spread width, counts and means) before the first visitor."""
+    """Compile datashader's numba kernels (every spread width, counts, means, classes) before the first visitor."""
     rng = np.random.default_rng(0)
     for n in (5, 50, 500, 20_000):  # sparse to dense: each spread width once
         x, y, v = (rng.normal(size=n).astype(np.float32) for _ in range(3))
         aggregate(x, y, None, None, (-3, 3), (-3, 3))
         aggregate(x, y, v, np.arange(n // 2), (-3, 3), (-3, 3))
+        codes = rng.integers(-1, 3, n).astype(np.int16)
+        aggregate_categories(x, y, codes, ("#ff0000", "#00ff00", "#0000ff"), np.arange(n // 2), (-3, 3), (-3, 3))
+
+
+def _rgb_array(img: np.ndarray) -> np.ndarray:
+    """A datashader uint32 image (rows bottom to top) as the (H, W, 4) uint8 array hv.RGB takes (top first)."""
+    h, w = img.shape
+    return np.flipud(img.view(np.uint8).reshape(h, w, 4))
+
+
+_EMPTY_RGBA = np.zeros((1, 1, 4), np.uint8)
+_EMPTY_IMAGE = np.full((1, 1), np.nan, np.float32)
 
 
 class Maps(pn.viewable.Viewer):
-    """The three linked maps of one session, with colour choice and selection count."""
+    """The linked maps of one session, with colour choice, legend, hover read-out and selection count."""
 
     def __init__(self, session: Session, **params):
         super().__init__(**params)
@@ -110,27 +163,42 @@ class Maps(pn.viewable.Viewer):
         self._cache: dict = {}
         self._cache_lock = threading.Lock()
         self.last_render_s: dict[str, float] = {}
-        self._colour_options = ["density"] + self.data.colour_columns
-        self.colour_select = pn.widgets.Select(label="Colour by", options=self._colour_options,
-                                               value=session.color if session.color in self._colour_options
-                                               else "density", width=180)
+        self.keys = list(self.data.maps)
+        self.umap_keys = [k for k in UMAP_VIEWS if k in self.data.maps]
+        if session.umap_view not in self.umap_keys and self.umap_keys:
+            session.umap_view = self.umap_keys[0]
+        self.colour_select = pn.widgets.Select(label="Colour by", options=session.colour_options(),
+                                               value=session.color if session.color in session.colour_options()
+                                               else "density", width=190)
         self.colour_select.link(session, value="color")
         session.param.watch(self._on_colour, "color")
-        session.param.watch(self._on_prediction, "prediction_version")
+        session.param.watch(self._refresh_colour_options,
+                            ["prediction_version", "populations_version", "clusters_version"])
         self.mode_select = pn.widgets.RadioButtonGroup(label="Selection mode", options={
             "new": "new", "add": "add", "and": "and", "sub": "sub"}, value="new")
         self.mode_select.link(session, value="select_mode")
         self.clear_button = pn.widgets.Button(label="Clear selection", width=120)
         self.clear_button.on_click(lambda e: session.clear_selection())
+        self.contours_toggle = pn.widgets.Checkbox(label="density contours", value=session.show_contours)
+        self.contours_toggle.link(session, value="show_contours")
+        self.umap_switch = pn.widgets.RadioButtonGroup(
+            label="UMAP of", options={UMAP_LABELS[k]: k for k in self.umap_keys}, value=session.umap_view)
+        self.umap_switch.link(session, value="umap_view")
+        session.param.watch(self._on_umap_view, "umap_view")
         self.count = pn.pane.Markdown(self._count_text(), margin=(5, 10))
         self.colour_label = pn.pane.HTML(self._colour_text(), margin=(5, 10))
+        self.legend = pn.pane.HTML("", margin=(0, 10), sizing_mode="stretch_width")
+        self.hover_info = pn.pane.HTML(self._hover_text(None), margin=(0, 10), sizing_mode="stretch_width")
+        self.hover: tuple[str, int] | None = None   # (map key, row) of the star under the cursor
         session.param.watch(lambda *e: setattr(self.count, "object", self._count_text()),
                             ["selection_count", "selection_version"])
-        session.param.watch(lambda *e: setattr(self.colour_label, "object", self._colour_text()),
-                            ["color", "prediction_version"])
-        # Registered before the maps' own stream watchers, so the three rasters are computed in parallel
+        session.param.watch(self._refresh_labels, ["color", "prediction_version", "populations_version",
+                                                    "clusters_version", "selection_version"])
+        self._refresh_labels()
+        # Registered before the maps' own stream watchers, so the rasters are computed in parallel
         # (datashader's kernels release the GIL) before the maps ask for them one after the other.
-        session.param.watch(self._prefetch, ["selection_version", "color", "prediction_version"])
+        session.param.watch(self._prefetch, ["selection_version", "color", "prediction_version", "clusters_version",
+                                             "populations_version"])
         # A new selection changes only the "Selected" image of each map: it is pushed straight into the
         # plots' Bokeh data sources, skipping HoloViews' full re-render (most of an event's CPU time).
         session.param.watch(self._push_selection, "selection_version")
@@ -141,39 +209,67 @@ class Maps(pn.viewable.Viewer):
         self._elements: dict[str, dict] = {}
         self.range_streams: dict[str, hv.streams.RangeXY] = {}
         self.panes: dict[str, pn.pane.HoloViews] = {}
-        params_stream = hv.streams.Params(session, ["color", "prediction_version"])
-        for key, m in MAPS.items():
-            rng = hv.streams.RangeXY()
-            dmap = hv.DynamicMap(self._callback(key), streams=[rng, params_stream])
-            # Options are attached once, to template elements whose option ids every frame reuses: options
-            # applied per frame (or on the DynamicMap) are re-resolved on every event and slow it down.
-            kd = [m.x, m.y]
-            templates = {
-                "base": hv.Image(np.zeros((2, 2)), kdims=kd, group="Base").opts(
-                    alpha=DIM_ALPHA, cmap=CMAP, invert_xaxis=m.invert_x, invert_yaxis=m.invert_y),
-                "top": hv.Image(np.zeros((2, 2)), kdims=kd, group="Selected").opts(
-                    alpha=1.0, cmap=CMAP, colorbar=True, colorbar_position="right", clabel=" ",
-                    tools=["box_select", "lasso_select", "tap"], active_tools=["box_select"],
-                    invert_xaxis=m.invert_x, invert_yaxis=m.invert_y),
-                "neighbours": hv.Points([], kdims=kd, group="Neighbours").opts(
-                    color="cyan", line_color="black", size=7, tools=["hover"]),
-                "target": hv.Points([], kdims=kd, group="Target").opts(
-                    color="magenta", line_color="black", size=18, marker="star"),
-                "overlay": hv.Overlay([hv.Points([], kdims=kd)]).opts(
-                    title=self.data.map_title(key), frame_width=FRAME_WIDTH, frame_height=FRAME_HEIGHT, toolbar="above"),
-            }
-            # HoloViews drops custom options once no element carries their id: keep the templates alive.
-            self._templates[key] = templates
-            self._opt_ids[key] = {k: t.id for k, t in templates.items()}
-            bounds = hv.streams.BoundsXY(source=dmap)
-            bounds.add_subscriber(self._bounds_handler(key))
-            lasso = hv.streams.Lasso(source=dmap)
-            lasso.add_subscriber(self._lasso_handler(key))
-            tap = hv.streams.Tap(source=dmap)
-            tap.add_subscriber(self._tap_handler(key))
-            self.dmaps[key] = dmap
-            self.range_streams[key] = rng
-            self.panes[key] = pn.pane.HoloViews(dmap, linked_axes=False)
+        params_stream = hv.streams.Params(session, ["color", "prediction_version", "clusters_version",
+                                                    "populations_version", "show_contours"])
+        for key in self.keys:
+            self._build_map(key, params_stream)
+        self.row = pn.Row(*[self.panes[k] for k in self.shown_keys()])
+
+    def _build_map(self, key, params_stream):
+        m = self.data.maps[key]
+        rng = hv.streams.RangeXY()
+        dmap = hv.DynamicMap(self._callback(key), streams=[rng, params_stream])
+        # Options are attached once, to template elements whose option ids every frame reuses: options
+        # applied per frame (or on the DynamicMap) are re-resolved on every event and slow it down.
+        kd = [m.x, m.y]
+        axes = dict(invert_xaxis=m.invert_x, invert_yaxis=m.invert_y)
+        templates = {
+            "base": hv.Image(np.zeros((2, 2)), kdims=kd, group="Base").opts(alpha=DIM_ALPHA, cmap=CMAP, **axes),
+            "top": hv.Image(np.zeros((2, 2)), kdims=kd, group="Selected").opts(
+                alpha=1.0, cmap=CMAP, colorbar=True, colorbar_position="right", clabel=" ",
+                tools=["box_select", "lasso_select", "tap"], active_tools=["box_select"],
+                hooks=[self._colorbar_hook], **axes),
+            "base_rgb": hv.RGB(_EMPTY_RGBA, kdims=kd, group="BaseClasses").opts(alpha=DIM_ALPHA, **axes),
+            "top_rgb": hv.RGB(_EMPTY_RGBA, kdims=kd, group="SelectedClasses").opts(alpha=1.0, **axes),
+            "contours": hv.Contours([], kdims=kd, group="Contours").opts(color="black", line_width=1,
+                                                                           alpha=0.55),
+            "neighbours": hv.Points([], kdims=kd, group="Neighbours").opts(
+                color="cyan", line_color="black", size=7, tools=["hover"]),
+            "target": hv.Points([], kdims=kd, group="Target").opts(
+                color="magenta", line_color="black", size=18, marker="star"),
+            "hover": hv.Points([], kdims=kd, group="Hover").opts(
+                fill_alpha=0.0, line_color="red", line_width=2, size=14),
+            "overlay": hv.Overlay([hv.Points([], kdims=kd)]).opts(
+                title=self.data.map_title(key), frame_width=FRAME_WIDTH, frame_height=FRAME_HEIGHT,
+                toolbar="above"),
+        }
+        # HoloViews drops custom options once no element carries their id: keep the templates alive.
+        self._templates[key] = templates
+        self._opt_ids[key] = {k: t.id for k, t in templates.items()}
+        for stream, handler in ((hv.streams.BoundsXY, self._bounds_handler), (hv.streams.Lasso, self._lasso_handler),
+                                (hv.streams.Tap, self._tap_handler), (hv.streams.PointerXY, self._pointer_handler)):
+            stream(source=dmap).add_subscriber(handler(key))
+        self.dmaps[key] = dmap
+        self.range_streams[key] = rng
+        self.panes[key] = pn.pane.HoloViews(dmap, linked_axes=False)
+
+    def shown_keys(self) -> list[str]:
+        """The maps on the page: the chosen UMAP layout, then the CMD and the HR diagram."""
+        first = [self.session.umap_view] if self.session.umap_view in self.data.maps else []
+        return first + [k for k in self.keys if k not in UMAP_VIEWS]
+
+    def _on_umap_view(self, event):
+        if event.new not in self.data.maps:
+            return
+        self.row.objects = [self.panes[k] for k in self.shown_keys()]
+        if self.umap_switch.value != event.new:
+            self.umap_switch.value = event.new
+
+    def restore_umap_view(self, key: str):
+        """Show the UMAP layout ``key`` (from a URL): only the layouts this artifact set has."""
+        if key not in self.umap_keys:
+            raise UserInputError(f"no map {key[:30]!r}; this artifact set has {', '.join(self.umap_keys)}")
+        self.session.umap_view = key
 
     # --- text ---------------------------------------------------------------------------------------
     def _count_text(self) -> str:
@@ -184,11 +280,46 @@ class Maps(pn.viewable.Viewer):
         return f"**Selected: {c:,}** of {n:,} stars ({100.0 * c / max(n, 1):.2f}%)"
 
     def _colour_text(self) -> str:
-        name, values = self._colour()
-        if values is None:
+        c = self._colouring()
+        if c.kind == "density":
             return "Colour: log10 stars per pixel"
-        label = self.session.prediction_label if name == "probe prediction" else name
-        return f"Colour: mean {esc(label)} per pixel"
+        if c.kind == "categorical":
+            return f"Colour: {esc(c.label)} (one colour per class; pixels mix their classes)"
+        return f"Colour: mean {esc(c.label)} per pixel"
+
+    def _legend_html(self) -> str:
+        c = self._colouring()
+        if c.kind != "categorical":
+            return ""
+        n_all = category_counts(c.values, len(c.categories))
+        sel = self.session.selection
+        n_sel = category_counts(c.values, len(c.categories), np.flatnonzero(sel)) if sel is not None else None
+        items = []
+        for i, (name, colour) in enumerate(zip(c.categories, c.colours)):
+            counts = f"{n_all[i]:,}" + (f" / {n_sel[i]:,} selected" if n_sel is not None else "")
+            items.append(f'<span style="display:inline-block;margin-right:14px;white-space:nowrap">'
+                         f'<span style="display:inline-block;width:11px;height:11px;background:{colour};'
+                         f'border:1px solid #555;margin-right:4px"></span>{esc(name)} ({counts})</span>')
+        return "<div class='desa-legend'><b>Legend</b>: " + "".join(items) + "</div>"
+
+    def _refresh_labels(self, *_):
+        self.colour_label.object = self._colour_text()
+        self.legend.object = self._legend_html()
+        self.legend.visible = bool(self.legend.object)
+
+    def _hover_text(self, hit) -> str:
+        if hit is None:
+            return "<small>Hover over a star on a map to see it here; click it to open its detail.</small>"
+        key, row = hit
+        s = self.data.stars.iloc[row]
+        parts = [f"<b>{esc(self.data.star_ids[row])}</b>"]
+        for col in HOVER_COLUMNS:
+            if col in s.index:
+                v = s[col]
+                if isinstance(v, (float, np.floating)):
+                    v = "n/a" if not np.isfinite(v) else f"{v:.4g}"
+                parts.append(f"{esc(col)} {esc(v)}")
+        return "<small>" + " &middot; ".join(parts) + "</small>"
 
     def restore_colour(self, name: str):
         """Colour the maps by ``name`` (from a URL): only the page's own colour options are accepted."""
@@ -201,31 +332,26 @@ class Maps(pn.viewable.Viewer):
         if self.colour_select.value != event.new and event.new in self.colour_select.options:
             self.colour_select.value = event.new
 
-    def _on_prediction(self, event):
-        opts = self._colour_options + (["probe prediction"] if self.session.prediction is not None else [])
-        self.colour_select.options = opts
+    def _refresh_colour_options(self, *_):
+        opts = self.session.colour_options()
+        if list(self.colour_select.options) != opts:
+            self.colour_select.options = opts
 
     # --- rendering ----------------------------------------------------------------------------------
-    def _colour(self):
-        name = self.session.color
+    def _colouring(self) -> Colouring:
         try:
-            values = self.session.colour_values(name)
+            return self.session.colouring()
         except UserInputError:
-            name, values = "density", None
-        if name == "probe prediction" and values is None:
-            name = "density"
-        return name, values
+            return Colouring("density", "density", label="log10 stars per pixel")
 
-    def _limits(self, name, values):
-        if values is None:
-            return None
-        if name == "probe prediction":
-            v = values[np.isfinite(values)]
+    def _limits(self, c: Colouring):
+        if c.name == "probe prediction":
+            v = c.values[np.isfinite(c.values)]
             if len(v) > 200_000:
                 v = v[:: len(v) // 200_000]
             lo, hi = (np.percentile(v, [1, 99]) if len(v) else (0.0, 1.0))
             return (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
-        return self.data.colour_limits(name)
+        return self.data.colour_limits(c.name)
 
     def _ranges(self, key, x_range=None, y_range=None):
         dx, dy = self.data.default_range(key)
@@ -233,12 +359,18 @@ class Maps(pn.viewable.Viewer):
         y_range = tuple(map(float, y_range)) if y_range and None not in y_range else dy
         return x_range, y_range
 
-    def _layers(self, key, x_range, y_range):
-        """(all stars, selected stars or None, cache key) rasters of one map, cached per selection/colour/zoom."""
-        m = MAPS[key]
+    def _raster(self, key, c: Colouring, rows, x_range, y_range):
+        m = self.data.maps[key]
         x, y = self.data.column(m.x), self.data.column(m.y)
-        cname, values = self._colour()
-        ckey = (key, cname, self.session.prediction_version, x_range, y_range)
+        if c.kind == "categorical":
+            return aggregate_categories(x, y, c.values, c.colours, rows, x_range, y_range)
+        return aggregate(x, y, c.values if c.kind == "numeric" else None, rows, x_range, y_range)
+
+    def _layers(self, key, x_range, y_range):
+        """(all stars, selected stars or None, colouring, cache key) rasters of one map, cached per selection,
+        colouring and zoom. Numeric/density rasters are float arrays, class rasters uint32 RGBA images."""
+        c = self._colouring()
+        ckey = (key, c.key, x_range, y_range)
         sel, version = self.session.selection, self.session.selection_version
         with self._cache_lock:
             hit = self._cache.get(key)
@@ -246,16 +378,16 @@ class Maps(pn.viewable.Viewer):
         # top: an array, False (nothing selected) or None (not computed yet)
         top = hit["top"] if hit and hit["ckey"] == ckey and hit["version"] == version else None
         if base is None:
-            base = aggregate(x, y, values, None, x_range, y_range)
+            base = self._raster(key, c, None, x_range, y_range)
         if top is None:
-            top = False if sel is None else aggregate(x, y, values, np.flatnonzero(sel), x_range, y_range)
+            top = False if sel is None else self._raster(key, c, np.flatnonzero(sel), x_range, y_range)
         with self._cache_lock:
             self._cache[key] = {"ckey": ckey, "version": version, "base": base, "top": top}
-        return base, (None if top is False else top), ckey
+        return base, (None if top is False else top), c, ckey
 
     def _prefetch(self, *_):
         futures = []
-        for key in MAPS:
+        for key in self.shown_keys():
             xr, yr = self._ranges(key, self.range_streams[key].x_range, self.range_streams[key].y_range)
             futures.append(_POOL.submit(self._layers, key, xr, yr))
         for f in futures:
@@ -265,58 +397,75 @@ class Maps(pn.viewable.Viewer):
                 log.debug("prefetch failed", exc_info=True)
 
     def selected_image(self, key: str, x_range=None, y_range=None) -> np.ndarray:
-        """The "Selected" layer's pixel values as Bokeh draws them (rows bottom to top)."""
+        """The "Selected" layer's pixels as Bokeh draws them (rows bottom to top): float values, or uint32
+        RGBA for a class colouring."""
         x_range, y_range = self._ranges(key, x_range, y_range)
-        base, top, _ = self._layers(key, x_range, y_range)
+        base, top, c, _ = self._layers(key, x_range, y_range)
         arr = base if top is None else top
-        if self._colour()[1] is None:
+        if c.kind == "density":
             with np.errstate(divide="ignore"):
                 arr = np.log10(arr)
         return arr
 
+    def _plots(self, key):
+        pane = self.panes.get(key)
+        return [p for p, _ in getattr(pane, "_plots", {}).values()] if pane is not None else []
+
+    def _apply(self, key, plot, fn, *args):
+        """Run ``fn(key, plot, *args)`` now, or on the session's next tick when the document is locked."""
+        doc = plot.document
+        if doc is not None and doc.session_context and not pn.state._unblocked(doc):
+            # Outside the document lock (a threaded server): apply on the session's next tick, as HoloViews
+            # does for its own refreshes.
+            doc.add_next_tick_callback(partial(fn, key, plot, *args))
+        else:
+            fn(key, plot, *args)
+
     def _push_selection(self, *_):
-        for key, pane in self.panes.items():
-            plots = [p for p, _ in getattr(pane, "_plots", {}).values()]
+        for key in self.keys:
+            plots = self._plots(key)
             if not plots:
                 continue  # not on a page yet: render() reads the current selection when it is drawn
             try:
                 rng = self.range_streams[key]
                 img = self.selected_image(key, rng.x_range, rng.y_range)
+                kind = self._colouring().kind
                 for plot in plots:
-                    doc = plot.document
-                    if doc is not None and doc.session_context and not pn.state._unblocked(doc):
-                        # Outside the document lock (a threaded server): apply on the session's next tick,
-                        # as HoloViews does for its own refreshes.
-                        doc.add_next_tick_callback(partial(self._set_selected_image, key, plot, img))
-                    else:
-                        self._set_selected_image(key, plot, img)
+                    self._apply(key, plot, self._set_selected_image, img, kind)
             except Exception:  # anything unexpected: let HoloViews redraw the whole map
                 log.debug("fast selection update failed for %s; full redraw", key, exc_info=True)
                 self.dmaps[key].event()
 
+    def _points_columns(self, key):
+        m = self.data.maps[key]
+        x, y = self.data.column(m.x), self.data.column(m.y)
+        nb, t = self.session.neighbours, self.session.target_row
+        rows = nb["row"].to_numpy() if nb is not None and len(nb) else np.zeros(0, np.int64)
+        return {
+            "Neighbours": {m.x: x[rows], m.y: y[rows],
+                           "star_id": nb["star_id"].to_numpy() if len(rows) else np.zeros(0, object),
+                           "similarity": nb["similarity"].to_numpy() if len(rows) else np.zeros(0)},
+            "Target": {m.x: x[[t]] if t >= 0 else np.zeros(0, np.float32),
+                       m.y: y[[t]] if t >= 0 else np.zeros(0, np.float32)},
+        }
+
+    def _hover_columns(self, key):
+        m = self.data.maps[key]
+        h = self.hover
+        if h is None or h[0] != key:
+            return {"Hover": {m.x: np.zeros(0, np.float32), m.y: np.zeros(0, np.float32)}}
+        return {"Hover": {m.x: self.data.column(m.x)[[h[1]]], m.y: self.data.column(m.y)[[h[1]]]}}
+
     def _push_points(self, *_):
         """New neighbours/target: replace the two small point layers' data in the Bokeh sources."""
-        for key, pane in self.panes.items():
-            plots = [p for p, _ in getattr(pane, "_plots", {}).values()]
-            if not plots:
-                continue
-            m = MAPS[key]
-            x, y = self.data.column(m.x), self.data.column(m.y)
-            nb, t = self.session.neighbours, self.session.target_row
-            rows = nb["row"].to_numpy() if nb is not None and len(nb) else np.zeros(0, np.int64)
-            columns = {
-                "Neighbours": {m.x: x[rows], m.y: y[rows],
-                               "star_id": nb["star_id"].to_numpy() if len(rows) else np.zeros(0, object),
-                               "similarity": nb["similarity"].to_numpy() if len(rows) else np.zeros(0)},
-                "Target": {m.x: x[[t]] if t >= 0 else np.zeros(0, np.float32),
-                           m.y: y[[t]] if t >= 0 else np.zeros(0, np.float32)},
-            }
-            for plot in plots:
-                doc = plot.document
-                if doc is not None and doc.session_context and not pn.state._unblocked(doc):
-                    doc.add_next_tick_callback(partial(self._set_points, key, plot, columns))
-                else:
-                    self._set_points(key, plot, columns)
+        for key in self.keys:
+            for plot in self._plots(key):
+                self._apply(key, plot, self._set_points, self._points_columns(key))
+
+    def _push_hover(self, keys):
+        for key in keys:
+            for plot in self._plots(key):
+                self._apply(key, plot, self._set_points, self._hover_columns(key))
 
     def _set_points(self, key, plot, columns):
         try:
@@ -330,9 +479,10 @@ class Maps(pn.viewable.Viewer):
             log.debug("fast point update failed for %s; full redraw", key, exc_info=True)
             self.dmaps[key].event()
 
-    def _set_selected_image(self, key, plot, img):
+    def _set_selected_image(self, key, plot, img, kind):
         try:
-            source = plot.subplots[("Selected", "I")].handles["source"]
+            group = "SelectedClasses" if kind == "categorical" else "Selected"
+            source = plot.subplots[(group, "I")].handles["source"]
             data = dict(source.data)
             if np.shape(data["image"][0]) != img.shape:
                 raise ValueError("the plot's raster has another shape")
@@ -343,60 +493,78 @@ class Maps(pn.viewable.Viewer):
             log.debug("fast selection update failed for %s; full redraw", key, exc_info=True)
             self.dmaps[key].event()
 
+    def _colorbar_hook(self, plot, element):
+        """The colourbar belongs to numeric colourings; a class colouring has the legend instead."""
+        cb = plot.handles.get("colorbar")
+        if cb is not None:
+            cb.visible = self._colouring().kind != "categorical"
+
     def render(self, key: str, x_range=None, y_range=None) -> hv.Overlay:
-        """The map ``key`` as a HoloViews overlay at the given ranges (defaults: the whole data set)."""
+        """The map ``key`` as a HoloViews overlay at the given ranges (defaults: the whole data set).
+
+        Layers by group: Base / Selected (numeric or density rasters), BaseClasses / SelectedClasses (class
+        rasters), Contours, Neighbours, Target, Hover; the unused pair of rasters is empty."""
         t0 = time.perf_counter()
-        m = MAPS[key]
+        m = self.data.maps[key]
         x_range, y_range = self._ranges(key, x_range, y_range)
-        base_arr, top_arr, ckey = self._layers(key, x_range, y_range)
-        cname, values = self._colour()
+        base_arr, top_arr, c, ckey = self._layers(key, x_range, y_range)
         ids = self._opt_ids[key]
         elements = self._elements.setdefault(key, {})
         kd = [hv.Dimension(m.x, label=m.x_label), hv.Dimension(m.y, label=m.y_label)]
         bounds = (x_range[0], y_range[0], x_range[1], y_range[1])
         # Elements that did not change are reused: building a HoloViews element costs milliseconds.
         if elements.get("base_key") != ckey:
-            if values is None:  # density: log10 counts, so that sparse and dense regions both show
-                with np.errstate(divide="ignore"):
-                    base_arr = np.log10(base_arr)
-                hi = float(np.nanmax(base_arr)) if np.isfinite(base_arr).any() else 1.0
-                clim, label = (0.0, max(hi, 0.5)), "log10 stars per pixel"
+            if c.kind == "categorical":
+                clim, label = (0.0, 1.0), " "
+                elements["base"] = hv.Image(_EMPTY_IMAGE, bounds=bounds, kdims=kd, group="Base", id=ids["base"])
+                elements["base_rgb"] = hv.RGB(_rgb_array(base_arr), bounds=bounds, kdims=kd, group="BaseClasses",
+                                              id=ids["base_rgb"])
             else:
-                clim = self._limits(cname, values)
-                label = (self.session.prediction_label or cname) if cname == "probe prediction" else cname
-            vdim = hv.Dimension("value", label=label, range=clim)
-            # datashader rows run bottom-to-top; hv.Image wants the top row first.
-            elements["base"] = hv.Image(np.flipud(base_arr), bounds=bounds, kdims=kd, vdims=[vdim], group="Base",
-                                        id=ids["base"])
-            elements["vdim"] = vdim
+                if c.kind == "density":  # log10 counts, so that sparse and dense regions both show
+                    with np.errstate(divide="ignore"):
+                        base_arr = np.log10(base_arr)
+                    hi = float(np.nanmax(base_arr)) if np.isfinite(base_arr).any() else 1.0
+                    clim, label = (0.0, max(hi, 0.5)), "log10 stars per pixel"
+                else:
+                    clim, label = self._limits(c), c.label
+                vdim = hv.Dimension("value", label=label, range=clim)
+                # datashader rows run bottom-to-top; hv.Image wants the top row first.
+                elements["base"] = hv.Image(np.flipud(base_arr), bounds=bounds, kdims=kd, vdims=[vdim],
+                                            group="Base", id=ids["base"])
+                elements["base_rgb"] = hv.RGB(_EMPTY_RGBA, bounds=bounds, kdims=kd, group="BaseClasses",
+                                              id=ids["base_rgb"])
+            elements["vdim"] = hv.Dimension("value", label=label, range=clim)
             elements["base_key"] = ckey
-        base_img, vdim = elements["base"], elements["vdim"]
-        if top_arr is None:  # nothing selected: every star at full opacity
-            top_data = base_img.data
+        base_img, base_rgb, vdim = elements["base"], elements["base_rgb"], elements["vdim"]
+        if c.kind == "categorical":
+            top_img = hv.Image(_EMPTY_IMAGE, bounds=bounds, kdims=kd, vdims=[vdim], group="Selected", id=ids["top"])
+            top_rgb = base_rgb.data if top_arr is None else _rgb_array(top_arr)
+            top_rgb = hv.RGB(top_rgb, bounds=bounds, kdims=kd, group="SelectedClasses", id=ids["top_rgb"])
         else:
-            if values is None:
-                with np.errstate(divide="ignore"):
-                    top_arr = np.log10(top_arr)
-            top_data = np.flipud(top_arr)
-        top_img = hv.Image(top_data, bounds=bounds, kdims=kd, vdims=[vdim], group="Selected", id=ids["top"])
+            if top_arr is None:  # nothing selected: every star at full opacity
+                top_data = base_img.data
+            else:
+                if c.kind == "density":
+                    with np.errstate(divide="ignore"):
+                        top_arr = np.log10(top_arr)
+                top_data = np.flipud(top_arr)
+            top_img = hv.Image(top_data, bounds=bounds, kdims=kd, vdims=[vdim], group="Selected", id=ids["top"])
+            top_rgb = hv.RGB(_EMPTY_RGBA, bounds=bounds, kdims=kd, group="SelectedClasses", id=ids["top_rgb"])
+        paths = self.data.density_contours(key) if self.session.show_contours else []
+        contours = hv.Contours(paths, kdims=kd, group="Contours", id=ids["contours"])
         nkey = (self.session.neighbours_version, self.session.target_row)
         if elements.get("points_key") != nkey:
-            x, y = self.data.column(m.x), self.data.column(m.y)
-            nb = self.session.neighbours
-            if nb is not None and len(nb):
-                rows = nb["row"].to_numpy()
-                elements["nb"] = hv.Points((x[rows], y[rows], nb["star_id"].to_numpy(), nb["similarity"].to_numpy()),
-                                           kdims=kd, vdims=["star_id", "similarity"], group="Neighbours",
-                                           id=ids["neighbours"])
-            else:
-                elements["nb"] = hv.Points(([], [], [], []), kdims=kd, vdims=["star_id", "similarity"],
-                                           group="Neighbours", id=ids["neighbours"])
-            t = self.session.target_row
-            elements["target"] = hv.Points(([x[t]], [y[t]]) if t >= 0 else ([], []), kdims=kd, group="Target",
+            cols = self._points_columns(key)
+            nb = cols["Neighbours"]
+            elements["nb"] = hv.Points((nb[m.x], nb[m.y], nb["star_id"], nb["similarity"]), kdims=kd,
+                                       vdims=["star_id", "similarity"], group="Neighbours", id=ids["neighbours"])
+            elements["target"] = hv.Points((cols["Target"][m.x], cols["Target"][m.y]), kdims=kd, group="Target",
                                            id=ids["target"])
             elements["points_key"] = nkey
-        nb_pts, tgt = elements["nb"], elements["target"]
-        out = hv.Overlay([base_img, top_img, nb_pts, tgt], id=ids["overlay"])
+        hv_cols = self._hover_columns(key)["Hover"]
+        hover = hv.Points((hv_cols[m.x], hv_cols[m.y]), kdims=kd, group="Hover", id=ids["hover"])
+        out = hv.Overlay([base_img, top_img, base_rgb, top_rgb, contours, elements["nb"], elements["target"], hover],
+                         id=ids["overlay"])
         self.last_render_s[key] = time.perf_counter() - t0
         return out
 
@@ -408,7 +576,7 @@ class Maps(pn.viewable.Viewer):
     # --- selection events ---------------------------------------------------------------------------
     def _guard(self, fn, *args):
         try:
-            fn(*args)
+            return fn(*args)
         except UserInputError as e:
             self.session.notify(str(e), "warning")
         except Exception as e:  # a bad event must never break the session
@@ -437,21 +605,29 @@ class Maps(pn.viewable.Viewer):
             self._guard(self._tap, key, x, y)
         return handler
 
+    def _pointer_handler(self, key):
+        def handler(x=None, y=None, **_):
+            self._guard(self.hover_at, key, x, y)
+        return handler
+
     def nearest_star(self, key: str, x: float, y: float, max_px: float = 12.0) -> int:
-        """Row of the star nearest a clicked point (in screen-scaled units), or -1 if none is close."""
-        m = MAPS[key]
+        """Row of the star nearest a point of map ``key`` within ``max_px`` screen pixels at the current zoom,
+        or -1 (a kd-tree of the map's coordinates, built once per process)."""
         rng = self.range_streams[key]
-        xr = rng.x_range or self.data.default_range(key)[0]
-        yr = rng.y_range or self.data.default_range(key)[1]
-        sx = (xr[1] - xr[0]) / FRAME_WIDTH
-        sy = (yr[1] - yr[0]) / FRAME_HEIGHT
-        xs, ys = self.data.column(m.x), self.data.column(m.y)
-        near = (np.abs(xs - x) <= max_px * abs(sx)) & (np.abs(ys - y) <= max_px * abs(sy))
-        cand = np.flatnonzero(near)
-        if len(cand) == 0:
-            return -1
-        d = ((xs[cand] - x) / sx) ** 2 + ((ys[cand] - y) / sy) ** 2
-        return int(cand[np.nanargmin(d)])
+        xr, yr = self._ranges(key, rng.x_range, rng.y_range)
+        return self.data.nearest_star(key, x, y, xr, yr, FRAME_WIDTH, FRAME_HEIGHT, max_px)
+
+    def hover_at(self, key: str, x, y) -> int:
+        """The cursor is at (x, y) on map ``key`` (None: it left): show the star under it, if any."""
+        row = -1 if x is None or y is None else self.nearest_star(key, float(x), float(y), HOVER_PX)
+        hit = (key, row) if row >= 0 else None
+        if hit == self.hover:
+            return row
+        changed = {k for k in (self.hover[0] if self.hover else None, key) if k}
+        self.hover = hit
+        self.hover_info.object = self._hover_text(hit)
+        self._push_hover(changed)
+        return row
 
     on_star_clicked = None  # set by the app: callable(row) (the search component's target-by-click)
 
@@ -465,5 +641,6 @@ class Maps(pn.viewable.Viewer):
     def __panel__(self):
         controls = pn.Row(self.colour_select, pn.Column(pn.pane.Markdown("Selection mode", margin=(0, 5)),
                                                         self.mode_select), self.clear_button,
-                          pn.Column(self.count, self.colour_label))
-        return pn.Column(controls, pn.Row(*self.panes.values()))
+                          pn.Column(pn.pane.Markdown("UMAP of", margin=(0, 5)), self.umap_switch),
+                          pn.Column(self.contours_toggle, self.count, self.colour_label))
+        return pn.Column(controls, self.row, self.legend, self.hover_info)

@@ -23,7 +23,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from app.state import (ALL_STARS, CURRENT_SELECTION, EMBEDDING_LABELS, MAPS, PRESET_POPULATIONS, AppData, Session,
+from app.state import (ALL_STARS, CURRENT_SELECTION, EMBEDDING_LABELS, PRESET_POPULATIONS, AppData, Session,
                        UserInputError)
 from app.text import esc
 
@@ -71,7 +71,8 @@ def compare_images(data: AppData, mask_a: np.ndarray, mask_b: np.ndarray, width:
                    height: int = 260) -> dict[str, hv.RGB]:
     """Per map: all stars in grey, population A in red and B in blue (RGB, server side)."""
     out = {}
-    for key, m in MAPS.items():
+    for key in [k for k in ("umap", "cmd", "hr") if k in data.maps]:
+        m = data.maps[key]
         (x0, x1), (y0, y1) = data.default_range(key)
         cv = ds.Canvas(plot_width=width, plot_height=height, x_range=(x0, x1), y_range=(y0, y1))
         x, y = data.column(m.x), data.column(m.y)

@@ -200,7 +200,7 @@ class Probes(pn.viewable.Viewer):
             name = "desa" if "desa" in weights else names[0]
             values = predict_all(self.data.embedding(name), *weights[name], kind)
             label = (f"probe: {desc}" if kind == "ridge" else f"probe: P({desc})")
-            self.session.set_prediction(values, label)
+            self.session.set_prediction(values, label, kind)
             self.session.color = "probe prediction"
         result.predict_s = time.perf_counter() - t1
         self.result = result
