@@ -33,10 +33,12 @@ from pathlib import Path
 import holoviews as hv
 import panel as pn
 
+from app.components.crossfilter import CrossFilter
 from app.components.export import Export
 from app.components.maps import Maps
 from app.components.populations import Populations
 from app.components.probes import Probes
+from app.components.regions import Regions
 from app.components.search import Search
 from app.components.star_detail import StarDetail
 from app.state import AppData, Session, UserInputError, load_app_data
@@ -47,7 +49,9 @@ log = logging.getLogger(__name__)
 _SESSIONS: "weakref.WeakValueDictionary[str, Explorer]" = weakref.WeakValueDictionary()
 _SESSIONS_LOCK = threading.Lock()
 _EXTENSION_LOADED = False
-TAB_STAR_DETAIL = 3
+TAB_NAMES = ("Similarity search", "Populations", "Cross-filter", "Regions", "Few-shot probes", "Star detail",
+             "Export")
+TAB_STAR_DETAIL, TAB_CROSSFILTER = TAB_NAMES.index("Star detail"), TAB_NAMES.index("Cross-filter")
 
 
 def _ensure_extension():
@@ -69,6 +73,8 @@ class Explorer(pn.viewable.Viewer):
         self.maps = Maps(self.session)
         self.populations = Populations(self.session)
         self.search = Search(self.session)
+        self.crossfilter = CrossFilter(self.session)
+        self.regions = Regions(self.session)
         self.probes = Probes(self.session)
         self.star_detail = StarDetail(self.session)
         self.export = Export(self.session)
@@ -87,6 +93,8 @@ class Explorer(pn.viewable.Viewer):
         self.session_id = key
         with _SESSIONS_LOCK:
             _SESSIONS[key] = self
+        if pn.state.curdoc and pn.state.curdoc.session_context:
+            pn.state.curdoc.on_session_destroyed(lambda ctx: self.export.samp.disconnect())
 
     # --- Python API ---------------------------------------------------------------------------------
     def selected_stars(self, columns=None):
@@ -108,7 +116,13 @@ class Explorer(pn.viewable.Viewer):
         except UserInputError as e:
             self.session.notify(str(e), "warning")
         if self._tabs is not None:
-            self._tabs.active = TAB_STAR_DETAIL
+            # After the search's own updates have reached the browser: a dynamic tab's content leaves the page
+            # when another tab opens, and patching it in the same message fails in the browser.
+            doc = pn.state.curdoc
+            if doc is not None and doc.session_context is not None:
+                doc.add_next_tick_callback(lambda: setattr(self._tabs, "active", TAB_STAR_DETAIL))
+            else:
+                self._tabs.active = TAB_STAR_DETAIL
 
     def _show_message(self, *_):
         s = self.session
@@ -175,12 +189,26 @@ class Explorer(pn.viewable.Viewer):
 
     def __panel__(self):
         if self._layout is None:
-            tabs = pn.Tabs(("Similarity search", self.search), ("Populations", self.populations),
-                           ("Few-shot probes", self.probes), ("Star detail", self.star_detail),
-                           ("Export", self.export), dynamic=True)
-            # The star detail draws its figures only while its tab is open (a search stays fast).
+            parts = {"Similarity search": self.search, "Populations": self.populations,
+                     "Cross-filter": self.crossfilter, "Regions": self.regions, "Few-shot probes": self.probes,
+                     "Star detail": self.star_detail, "Export": self.export}
+            tabs = pn.Tabs(*[(name, parts[name]) for name in TAB_NAMES], dynamic=False)
+            # The star detail and the cross-filter draw only while their tab is open (a selection stays fast).
             self.star_detail.visible = False
-            tabs.param.watch(lambda e: self.star_detail.set_visible(e.new == TAB_STAR_DETAIL), "active")
+            self.crossfilter.visible = False
+
+            def opened(e):
+                def show():
+                    self.star_detail.set_visible(e.new == TAB_STAR_DETAIL)
+                    self.crossfilter.set_visible(e.new == TAB_CROSSFILTER)
+                # A dynamic tab's content reaches the browser with this change; filling it in the same message
+                # would patch views the browser has not built yet: the next tick.
+                doc = pn.state.curdoc
+                if doc is not None and doc.session_context is not None:
+                    doc.add_next_tick_callback(show)
+                else:
+                    show()
+            tabs.param.watch(opened, "active")
             self._tabs = tabs
             self._layout = pn.Column(pn.pane.Markdown("## DESA Explorer", margin=(0, 10)), self.header(),
                                      self._alert, self.maps, tabs)
@@ -261,7 +289,7 @@ def read_login(path) -> str:
 
 
 def serve(artifacts, port: int = 5006, address: str = "127.0.0.1", num_threads: int = 0, show: bool = False,
-          admin: bool = False, allow_websocket_origin=None, login=None):
+          admin: bool = False, allow_websocket_origin=None, login=None, samp: bool | None = None):
     """Serve the dashboard over an artifact folder until interrupted: one process, data shared by all sessions.
     ``num_threads`` > 0 hands widget callbacks to that many Panel worker threads (off by default: Panel then
     runs a session's events in parallel threads, not in the order they were sent, so a typed value and the
@@ -270,8 +298,11 @@ def serve(artifacts, port: int = 5006, address: str = "127.0.0.1", num_threads: 
 
     ``allow_websocket_origin``: HOST[:PORT] names a public server is reached under (see
     :func:`websocket_origins`); ``login``: a file with a shared password or a JSON user -> password map
-    (Panel's basic-auth login page; see docs/dashboard.md, "Running on a lab server")."""
+    (Panel's basic-auth login page; see docs/dashboard.md, "Running on a lab server"). ``samp``: offer SAMP
+    (app/samp.py: a hub on this machine); default on for a localhost server, off on a public address."""
     _ensure_extension()
+    from app import samp as samp_module
+    samp_module.ENABLED = (address in LOCAL_ADDRESSES) if samp is None else bool(samp)
     origins = websocket_origins(address, port, allow_websocket_origin)
     auth = {}
     if login:
@@ -309,6 +340,10 @@ def _warm(data: AppData):
         ex.maps.render("umap")
     ex.session.select_query(f"{data.colour_columns[0]} == {data.colour_columns[0]}")
     ex.maps.render("umap")
+    for col in ex.crossfilter.columns.value:  # the cross-filter's bins
+        data.histogram_bins(col)
+    for key in ex.maps.shown_keys():  # the hover's kd-trees
+        data._map_tree(key)
     log.info("renderers warmed in %.1f s", time.perf_counter() - t0)
 
 

@@ -103,6 +103,9 @@ INTERNAL_COLUMNS = {"lc_row", "spec_row", "umap_x", "umap_y", "umap_lc_x", "umap
 
 MAX_CATEGORIES = 32
 MAX_COLOUR_CATEGORIES = 20
+HISTOGRAM_BINS = 40        # cross-filter histograms
+CLUSTER_SAMPLE = 20_000    # stars a Regions clustering is fitted on
+MIN_CLUSTERS, MAX_CLUSTERS = 2, 12
 POPULATION_COLOUR, PROBE_CLASS_COLOUR, CLUSTER_COLOUR = "population membership", "probe class", "cluster"
 # A fixed colour key: class i of a column always gets colour i (Tableau 20, dark shades first).
 PALETTE20 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
@@ -183,6 +186,9 @@ class AppData:
         self._sky = None
         self._trees: dict = {}
         self._contours: dict = {}
+        self._bins: dict = {}
+        self._clusters: dict = {}
+        self._cluster_lock = threading.Lock()
         self._survey = None
         self._survey_rows = None
         self._survey_error: tuple[float, str] | None = None     # (when, why): retried after RETRY_S
@@ -348,6 +354,85 @@ class AppData:
             self._contours[key] = paths
         return paths
 
+    # --- cross-filter histograms and clusters ------------------------------------------------------------
+    def histogram_bins(self, name: str, bins: int = HISTOGRAM_BINS):
+        """(edges, bin of each star (``bins`` = unknown or off the edges), log10 axis?) of a column, computed once
+        per process: a histogram of any selection is then one ``bincount``. Edges span the 0.5-99.5th
+        percentiles; a positive column spanning more than a factor 30 is binned in log10."""
+        with self._lock:
+            if name in self._bins:
+                return self._bins[name]
+        v = self.column(name)
+        fin = v[np.isfinite(v)]
+        if len(fin) > 200_000:
+            fin = fin[np.random.default_rng(0).integers(0, len(fin), 200_000)]
+        lo, hi = (np.percentile(fin, [0.5, 99.5]) if len(fin) else (0.0, 1.0))
+        lo, hi = float(lo), float(hi)
+        log_axis = bool(lo > 0 and hi / lo > 30)
+        if log_axis:
+            edges = np.logspace(np.log10(lo), np.log10(hi), bins + 1)
+        else:
+            edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+        idx = np.full(self.n, bins, np.int16)
+        for i in range(0, self.n, 1 << 20):
+            c = v[i:i + (1 << 20)]
+            b = np.searchsorted(edges, c, side="right") - 1
+            b[c == edges[-1]] = bins - 1
+            b[~((b >= 0) & (b < bins))] = bins
+            idx[i:i + len(c)] = b
+        idx.setflags(write=False)
+        out = (edges, idx, log_axis)
+        with self._lock:
+            self._bins[name] = out
+        return out
+
+    def histogram(self, name: str, rows_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(edges, counts) of column ``name`` over all stars, or over the stars of a boolean mask."""
+        edges, idx, _ = self.histogram_bins(name)
+        sel = idx if rows_mask is None else idx[rows_mask]
+        return edges, np.bincount(sel, minlength=len(edges))[:len(edges) - 1]
+
+    def clusters(self, name: str, k: int) -> np.ndarray:
+        """Gaussian-mixture clusters (int16 per star, -1 without this embedding, clusters ordered by size) of the
+        ``name`` embedding: unit-normalised vectors, PCA to 10 dimensions, a k-component full-covariance GMM fitted
+        on at most 20,000 stars (fixed seed) and applied to all in chunks. Deterministic for an artifact set,
+        computed once per process and shared; the cost is bounded by the sample size and k <= 12."""
+        if not (MIN_CLUSTERS <= int(k) <= MAX_CLUSTERS):
+            raise UserInputError(f"the number of clusters is {MIN_CLUSTERS} to {MAX_CLUSTERS}")
+        key = (name, int(k))
+        with self._cluster_lock:   # one fit per key; not the lock searches take
+            if key in self._clusters:
+                return self._clusters[key]
+            from sklearn.decomposition import PCA
+            from sklearn.mixture import GaussianMixture
+            emb = self.embedding(name)
+            rows = np.flatnonzero(self.has_embedding(name))
+            if len(rows) < 5 * k:
+                raise UserInputError(f"{len(rows)} stars have a {name} embedding: too few for {k} clusters")
+            rng = np.random.default_rng(0)
+            sample = rows if len(rows) <= CLUSTER_SAMPLE else np.sort(rng.choice(rows, CLUSTER_SAMPLE, replace=False))
+
+            def unit(a):
+                a = np.asarray(a, np.float64)
+                return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+            x = unit(emb[sample])
+            pca = PCA(n_components=min(10, x.shape[1], len(x) - 1), random_state=0).fit(x)
+            gmm = GaussianMixture(int(k), covariance_type="full", random_state=0, reg_covar=1e-5,
+                                  max_iter=200).fit(pca.transform(x))
+            labels = np.full(self.n, -1, np.int16)
+            for i in range(0, len(rows), 1 << 17):
+                r = rows[i:i + (1 << 17)]
+                labels[r] = gmm.predict(pca.transform(unit(emb[r])))
+            order = np.argsort(-np.bincount(labels[rows], minlength=int(k)), kind="stable")
+            remap = np.empty(int(k), np.int16)
+            remap[order] = np.arange(int(k), dtype=np.int16)
+            labels[rows] = remap[labels[rows]]
+            labels.setflags(write=False)
+            self._clusters[key] = labels
+            log.info("clustered the %s embedding into %d (%d stars)", name, k, len(rows))
+            return labels
+
     # --- stars --------------------------------------------------------------------------------------
     def rows_of(self, star_ids) -> np.ndarray:
         """Row positions of star ids; raises UserInputError naming unknown ids."""
@@ -417,6 +502,26 @@ class AppData:
                     raise UserInputError(f"this artifact set has no {name!r} index")
                 self._indexes[name] = self.artifacts.index(name)
             return self._indexes[name]
+
+    def touch_indexes(self, n_queries: int = 2000, batch: int = 100):
+        """Search ``n_queries`` random stars in every index once (in the background, after loading): the
+        pages of a memory-mapped graph a query visits are faulted in here, not during a visitor's search."""
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(1)
+        try:
+            for name in self.embedding_names:
+                if name not in (self.manifest.get("indexes") or {}):
+                    continue
+                rows = np.flatnonzero(self.has_embedding(name))
+                if not len(rows):
+                    continue
+                pick = np.sort(rng.choice(rows, min(n_queries, len(rows)), replace=False))
+                emb = self.embedding(name)
+                for i in range(0, len(pick), batch):
+                    self.search(name, np.asarray(emb[pick[i:i + batch]], np.float32), 10)
+            log.info("index pages touched in %.1f s", time.perf_counter() - t0)
+        except Exception:   # only a warm-up: a failure shows up again, with its message, on a real search
+            log.debug("index warm-up failed", exc_info=True)
 
     def search(self, name: str, queries: np.ndarray, k: int, subset_ids=None):
         """Cosine top-k over the ``name`` index: (similarities (nq, k), rows (nq, k); -1 where none)."""
@@ -608,6 +713,7 @@ def load_app_data(path) -> AppData:
         if loaded is not None:
             log.info("%s: a new build was written; new sessions get it", key)
         _DATA[key] = _Loaded(data, sig, now)
+        threading.Thread(target=data.touch_indexes, name="desa-index-warm", daemon=True).start()
         return data
 
 
@@ -627,7 +733,7 @@ MAX_STEPS = 64
 MAX_GROUP_DEPTH = 4
 MAX_IDS = 10_000
 MAX_LASSO_VERTICES = 256
-STEP_KINDS = ("box", "lasso", "query", "ids", "group", "all", "range")
+STEP_KINDS = ("box", "lasso", "query", "ids", "group", "all", "range", "cluster")
 
 
 def _finite(v, what) -> float:
@@ -636,13 +742,14 @@ def _finite(v, what) -> float:
     return float(v)
 
 
-def validate_steps(steps, columns=(), depth: int = 0, budget: list | None = None, maps=MAPS) -> list:
+def validate_steps(steps, columns=(), depth: int = 0, budget: list | None = None, maps=MAPS,
+                   embeddings=("desa", "light_curve", "spectrum")) -> list:
     """Check a selection spec (a list of steps) before anything is computed from it; returns a clean copy.
 
     Every step is ``[mode, kind, ...args]`` with the arity and types of its kind; unknown maps, modes and
     kinds, non-finite numbers, oversized id lists or polygons and too deep or too many groups are refused
     with a UserInputError that says which step is wrong. ``columns``: the columns a range step may use;
-    ``maps``: the maps a box or lasso may be drawn on."""
+    ``maps``: the maps a box or lasso may be drawn on; ``embeddings``: those a cluster step may name."""
     budget = budget if budget is not None else [MAX_STEPS]
     if depth > MAX_GROUP_DEPTH:
         raise UserInputError(f"selection groups are nested more than {MAX_GROUP_DEPTH} deep")
@@ -661,7 +768,8 @@ def validate_steps(steps, columns=(), depth: int = 0, budget: list | None = None
             raise UserInputError(f"{where}: unknown mode {mode[:20]!r} (use {', '.join(SELECT_MODES)})")
         if kind not in STEP_KINDS:
             raise UserInputError(f"{where}: unknown kind {kind[:20]!r} (use {', '.join(STEP_KINDS)})")
-        arity = {"box": 5, "lasso": 2, "query": 1, "ids": 1, "group": 1, "all": 0, "range": 3}[kind]
+        arity = {"box": 5, "lasso": 2, "query": 1, "ids": 1, "group": 1, "all": 0, "range": 3,
+                 "cluster": 3}[kind]
         if len(args) != arity:
             raise UserInputError(f"{where}: a {kind} step takes {arity} values, not {len(args)}")
         if kind in ("box", "lasso") and args[0] not in maps:
@@ -684,12 +792,20 @@ def validate_steps(steps, columns=(), depth: int = 0, budget: list | None = None
         elif kind == "group":
             if not isinstance(args[0], list) or not args[0]:
                 raise UserInputError(f"{where}: a group holds a non-empty list of steps")
-            args = [validate_steps(args[0], columns, depth + 1, budget, maps)]
+            args = [validate_steps(args[0], columns, depth + 1, budget, maps, embeddings)]
         elif kind == "range":
             col = args[0]
             if not isinstance(col, str) or col not in columns:
                 raise UserInputError(f"{where}: unknown column {str(col)[:30]!r} for a range")
             args = [col, _finite(args[1], f"{where}: a range end"), _finite(args[2], f"{where}: a range end")]
+        elif kind == "cluster":
+            name, k, i = args
+            if not isinstance(name, str) or name not in embeddings:
+                raise UserInputError(f"{where}: no {str(name)[:30]!r} embedding to cluster")
+            if not (isinstance(k, int) and not isinstance(k, bool) and MIN_CLUSTERS <= k <= MAX_CLUSTERS):
+                raise UserInputError(f"{where}: the number of clusters is {MIN_CLUSTERS} to {MAX_CLUSTERS}")
+            if not (isinstance(i, int) and not isinstance(i, bool) and 0 <= i < k):
+                raise UserInputError(f"{where}: cluster {str(i)[:10]!r} is not one of 0..{k - 1}")
         out.append([mode, kind, *args])
     return out
 CURRENT_SELECTION, ALL_STARS = "(current selection)", "(all stars)"
@@ -766,6 +882,9 @@ class Session(param.Parameterized):
             _, _, col, lo, hi = step
             v = self.data.column(col)
             return (v >= min(lo, hi)) & (v <= max(lo, hi))
+        if kind == "cluster":
+            _, _, name, k, i = step
+            return self.data.clusters(name, k) == i
         if kind == "query":
             return self.data.evaluate(step[2])
         if kind == "ids":
@@ -780,7 +899,8 @@ class Session(param.Parameterized):
 
     def validate(self, steps) -> list:
         """A spec checked against this artifact set (see :func:`validate_steps`)."""
-        return validate_steps(steps, self.data.colour_columns, maps=self.data.maps)
+        return validate_steps(steps, self.data.colour_columns, maps=self.data.maps,
+                              embeddings=self.data.embedding_names)
 
     def _fold(self, steps) -> np.ndarray | None:
         mask = None

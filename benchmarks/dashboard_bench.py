@@ -12,6 +12,12 @@ own Bokeh document, so HoloViews/Bokeh plot updates are included):
   neighbours on the three maps, the preview plots and the star detail (``search_and_render_s``);
 - ``probe``: a ridge probe on 100 labelled stars fitted on all three embeddings, the prediction for every
   star, and the three maps recoloured by it;
+- ``selection_with_layers``: the same box selections with the maps coloured by a categorical column
+  (``count_cat`` layers) and the density contours on;
+- ``hover``: the cursor over a star on a map -> the nearest star found (kd-tree), the hover marker pushed into
+  the map's Bokeh source and the info line written (``Maps.hover_at``), at random stars with a sub-pixel offset;
+- ``recolour_categorical``: the colour switched between two categorical columns (binary class, phase) with a
+  selection active -> all three maps re-rendered with the new class layers and the legend recounted;
 - ``concurrency``: ``--sessions`` sessions in threads, each making ``--events`` selections with a think time
   of 0.5-1.5 s (a person dragging boxes), versus one session alone; p95 latency and errors;
 - wall times on a shared machine depend on its load (recorded as ``load_average``); ``cpu_*`` is the
@@ -91,6 +97,42 @@ def bench_selection(ex, n_events, rng) -> dict:
             per_map[k].append(ex.maps.last_render_s.get(k, np.nan))
     return {**_stats(times), "cpu_p50_s": round(float(np.median(cpu)), 4), "median_selected": int(np.median(counts)),
             "render_p50_s": {k: round(float(np.nanmedian(v)), 4) for k, v in per_map.items()}}
+
+
+def bench_hover(ex, n_events, rng) -> dict:
+    times, hits = [], 0
+    keys = ex.maps.shown_keys()
+    for i in range(n_events):
+        key = keys[i % len(keys)]
+        m = ex.data.maps[key]
+        x, y = ex.data.column(m.x), ex.data.column(m.y)
+        row = int(rng.integers(0, ex.data.n))
+        if not (np.isfinite(x[row]) and np.isfinite(y[row])):
+            continue
+        (x0, x1), _ = ex.data.default_range(key)
+        dx = 0.5 * abs(x1 - x0) / 600   # half a pixel off the star
+        t0 = time.perf_counter()
+        got = ex.maps.hover_at(key, float(x[row]) + dx, float(y[row]))
+        times.append(time.perf_counter() - t0)
+        hits += got >= 0
+    return {**_stats(times), "found_a_star": int(hits)}
+
+
+def bench_recolour(ex, n_events, rng) -> dict:
+    cats = [c for c in ("binary_class", "phase") if c in ex.data.categorical_columns]
+    if len(cats) < 2:
+        cats = (cats * 2) or []
+    if not cats:
+        return {"skipped": "no categorical column"}
+    ex.session.select_box("umap", *_random_box(ex.data, "umap", rng))
+    ex.session.color = "density"
+    times = []
+    for i in range(n_events):
+        t0 = time.perf_counter()
+        ex.session.color = cats[i % 2]
+        times.append(time.perf_counter() - t0)
+    ex.session.color = "density"
+    return {**_stats(times), "columns": cats}
 
 
 def bench_search(ex, n_queries, rng) -> dict:
@@ -181,7 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--session-events", type=int, default=6)
     p.add_argument("--think", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"),
                    help="seconds between one session's selections (uniform)")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: search,probe,concurrency")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: layers,search,probe,concurrency")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -229,6 +271,18 @@ def main(argv=None) -> int:
 
     out["selection"] = bench_selection(ex, a.events, rng)
     print("selection", out["selection"], flush=True)
+    if "layers" not in skip:
+        ex.session.show_contours = True
+        ex.session.color = "binary_class" if "binary_class" in ex.data.categorical_columns else "density"
+        out["selection_with_layers"] = {**bench_selection(ex, a.events, rng), "colour": ex.session.color,
+                                        "contours": True}
+        print("selection_with_layers", out["selection_with_layers"], flush=True)
+        out["recolour_categorical"] = bench_recolour(ex, a.events, rng)
+        print("recolour_categorical", out["recolour_categorical"], flush=True)
+        out["hover"] = bench_hover(ex, max(a.events, 30), rng)
+        print("hover", out["hover"], flush=True)
+        ex.session.show_contours = False
+        ex.session.color = "density"
     if "search" not in skip:
         out["search"] = bench_search(ex, a.queries, rng)
         print("search", out["search"], flush=True)

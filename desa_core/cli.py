@@ -54,7 +54,7 @@ def _precompute(a):
 def _serve(a):
     from app.main import serve
     serve(artifacts=a.artifacts, port=a.port, address=a.address, num_threads=a.num_threads, show=a.show,
-          allow_websocket_origin=a.allow_websocket_origin, login=a.login)
+          allow_websocket_origin=a.allow_websocket_origin, login=a.login, samp=a.samp)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--login", default=None, metavar="FILE",
                    help="require a login: FILE holds one shared password (first line) or a JSON object of "
                         "user -> password")
+    s.add_argument("--samp", action=argparse.BooleanOptionalAction, default=None,
+                   help="offer SAMP (send selections to TOPCAT/Aladin through a hub on this machine); default: on "
+                        "for a localhost server, off on a public address")
     s.set_defaults(func=_serve)
     return p
 

@@ -1,8 +1,11 @@
 """2-D maps of the embedding: UMAP (n_neighbors 15, min_dist 0.1), computed offline and stored per star.
 
-umap-learn runs out of memory around 1-3 M points on a CPU, so at most ``fit_max`` (200k) stars are used to
-fit the layout (after PCA to ``pca_dims`` when the embedding is wider) and the others are placed with
-``UMAP.transform`` chunk by chunk. The CMD (bp_rp, abs_g) and HR (teff, log_lum) coordinates are catalogue
+umap-learn runs out of memory around 1-3 M points on a CPU, and its ``transform`` is slow (190 s for 8x10^5
+stars), so UMAP is fitted on a sample whose size grows with n (all stars up to 50,000, then n/20, at most
+``fit_max`` = 200,000; after PCA to ``pca_dims`` when the embedding is wider) and every other star is *placed*
+by inverse-distance-weighted interpolation of the map positions of its 10 nearest fitted stars (cosine, in
+the same PCA space), found with a FAISS HNSW index over the fitted stars (``placement='knn'``, the default; the
+approach of approx-umap). ``placement='transform'`` uses ``UMAP.transform`` instead. The CMD (bp_rp, abs_g) and HR (teff, log_lum) coordinates are catalogue
 columns and need no computation; they are written next to the UMAP coordinates in stars.parquet.
 """
 from __future__ import annotations
@@ -22,7 +25,10 @@ class UmapConfig:
     n_neighbors: int = 15
     min_dist: float = 0.1
     metric: str = "cosine"   # the embedding is compared by cosine everywhere else (FAISS) too
-    fit_max: int = 200_000   # stars used to fit the layout; the rest are transformed
+    fit_max: int = 200_000   # at most this many stars fit the layout; the rest are placed
+    fit_min: int = 50_000    # up to this many stars are all fitted; above, n / 20 (at least this many)
+    placement: str = "knn"   # how the others are placed: "knn" (FAISS neighbours) or "transform" (umap-learn)
+    knn: int = 10            # fitted neighbours a placed star is interpolated from
     pca_dims: int = 50       # PCA before UMAP when the embedding is wider than this
     chunk: int = 50_000      # rows per transform / PCA chunk
 
@@ -93,7 +99,8 @@ def _umap_layout(embedding, cfg: UmapConfig, seed: int, progress: bool) -> tuple
     n, dim = embedding.shape
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    fit_rows = np.arange(n) if n <= cfg.fit_max else np.sort(rng.choice(n, size=cfg.fit_max, replace=False))
+    n_fit = fit_size(n, cfg)
+    fit_rows = np.arange(n) if n <= n_fit else np.sort(rng.choice(n, size=n_fit, replace=False))
     fit_x = np.asarray(embedding[fit_rows], dtype=np.float32)
     if not np.isfinite(fit_x).all():
         raise ValueError("the embedding has non-finite rows; the DESA embedding must be defined for every star")
@@ -116,19 +123,64 @@ def _umap_layout(embedding, cfg: UmapConfig, seed: int, progress: bool) -> tuple
     out = np.empty((n, 2), dtype=np.float32)
     out[fit_rows] = coords_fit
     rest = np.setdiff1d(np.arange(n), fit_rows, assume_unique=True)
+    if cfg.placement not in ("knn", "transform"):
+        raise ValueError(f"unknown UMAP placement {cfg.placement!r}: use 'knn' or 'transform'")
     if len(rest):
         chunks = [rest[i:i + cfg.chunk] for i in range(0, len(rest), cfg.chunk)]
         if progress:
             from tqdm.auto import tqdm
-            chunks = tqdm(chunks, desc="UMAP transform", unit="chunk")
+            chunks = tqdm(chunks, desc=f"UMAP placement ({cfg.placement})", unit="chunk")
+        placer = KnnPlacer(fit_x, coords_fit, cfg.knn) if cfg.placement == "knn" else None
         for rows in chunks:
             x = np.asarray(embedding[rows], dtype=np.float32) - center
             if pca is not None:
                 x = pca.transform(x).astype(np.float32)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out[rows] = reducer.transform(x)
-    info = {"method": "umap", "n_fit": int(len(fit_rows)), "n_transformed": int(len(rest)), "pca_dims": None if pca is None
-            else cfg.pca_dims, "fit_s": round(t_fit, 2), "total_s": round(time.perf_counter() - t0, 2)}
+            if placer is not None:
+                out[rows] = placer.place(x)
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    out[rows] = reducer.transform(x)
+    info = {"method": "umap", "n_fit": int(len(fit_rows)), "n_transformed": int(len(rest)),
+            "placement": cfg.placement if len(rest) else "none", "pca_dims": None if pca is None else cfg.pca_dims, "fit_s": round(t_fit, 2), "total_s": round(time.perf_counter() - t0, 2)}
     log.info("UMAP done: %s", info)
     return out, info
+
+
+def fit_size(n: int, cfg: UmapConfig) -> int:
+    """How many of ``n`` stars fit the UMAP: all up to ``fit_min``, then n/20, capped at ``fit_max``."""
+    if n <= cfg.fit_min:
+        return n
+    return int(min(cfg.fit_max, max(cfg.fit_min, n // 20)))
+
+
+class KnnPlacer:
+    """Place new points on a fitted 2-D layout: the inverse-distance-weighted mean of the layout positions of
+    their ``k`` nearest fitted points by cosine distance (FAISS HNSW over the fitted points; exact search when
+    there are few)."""
+
+    def __init__(self, fit_x: np.ndarray, fit_xy: np.ndarray, k: int = 10):
+        import faiss
+        x = _unit(fit_x)
+        self.xy = np.asarray(fit_xy, dtype=np.float64)
+        self.k = int(min(k, len(x)))
+        if len(x) > 20_000:
+            self.index = faiss.IndexHNSWFlat(x.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efConstruction = 80
+            self.index.hnsw.efSearch = 64
+        else:
+            self.index = faiss.IndexFlatIP(x.shape[1])
+        self.index.add(x)
+
+    def place(self, x: np.ndarray) -> np.ndarray:
+        sims, idx = self.index.search(_unit(x), self.k)
+        d = np.clip(1.0 - sims.astype(np.float64), 0.0, None)
+        w = 1.0 / np.maximum(d, 1e-6)
+        w[idx < 0] = 0.0
+        xy = self.xy[np.maximum(idx, 0)]                       # (m, k, 2)
+        return (np.einsum("mk,mkc->mc", w, xy) / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)).astype(np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

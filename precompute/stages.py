@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 STATE_DIR = "_state"
 WORK_DIR = "_work"
 # Bump a stage's version when its code changes what it writes: old outputs are then recomputed.
-STAGE_VERSIONS = {"embed": 1, "synthetic": 1, "index": 2, "maps": 3, "stars": 2}
+STAGE_VERSIONS = {"embed": 1, "synthetic": 1, "index": 2, "maps": 4, "stars": 2}
 FIRST_COLUMNS = ["star_id", "umap_x", "umap_y", "bp_rp", "abs_g", "teff", "log_lum"]
 # The UMAP layouts precompute writes: embedding -> the star-table columns of its coordinates.
 MAP_COLUMNS = {"desa": ("umap_x", "umap_y"), "light_curve": ("umap_lc_x", "umap_lc_y"),

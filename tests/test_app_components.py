@@ -296,7 +296,7 @@ def test_selection_pushed_to_bokeh_matches_a_full_redraw(ex):
         sources = {k: _plot(ex, k).subplots[(group, "I")].handles["source"] for k in shown}
         fast = {k: np.array(s.data["image"][0]) for k, s in sources.items()}
         for k, s in sources.items():
-            ex.maps.dmaps[k].event()  # full HoloViews redraw
+            ex.maps.redraw(k)  # full HoloViews redraw
             full = np.asarray(s.data["image"][0])
             assert fast[k].shape == full.shape and fast[k].dtype == full.dtype, (colour, k)
             assert np.array_equal(np.nan_to_num(fast[k], nan=-9), np.nan_to_num(full, nan=-9)), (colour, k)
@@ -312,7 +312,7 @@ def test_selection_pushed_to_bokeh_matches_a_full_redraw(ex):
         plot = _plot(ex, k)
         fast = {g: {c: np.array(v) for c, v in plot.subplots[(g, "I")].handles["source"].data.items()}
                 for g in ("Neighbours", "Target", "Hover")}
-        ex.maps.dmaps[k].event()
+        ex.maps.redraw(k)
         for g in fast:
             full = plot.subplots[(g, "I")].handles["source"].data
             assert all(np.array_equal(fast[g][c], np.asarray(full[c])) for c in full), (k, g)

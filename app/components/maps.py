@@ -209,16 +209,25 @@ class Maps(pn.viewable.Viewer):
         self._elements: dict[str, dict] = {}
         self.range_streams: dict[str, hv.streams.RangeXY] = {}
         self.panes: dict[str, pn.pane.HoloViews] = {}
-        params_stream = hv.streams.Params(session, ["color", "prediction_version", "clusters_version",
+        # A change of colour is handled by _on_colour_change (a class -> class change is pushed straight into
+        # the Bokeh sources); the other parameters redraw the maps through HoloViews.
+        params_stream = hv.streams.Params(session, ["prediction_version", "clusters_version",
                                                     "populations_version", "show_contours"])
+        self._counters: dict[str, hv.streams.Counter] = {}
+        self._stale: set[str] = set()   # maps with a plot, off the page, drawn in an older colour
         for key in self.keys:
             self._build_map(key, params_stream)
         self.row = pn.Row(*[self.panes[k] for k in self.shown_keys()])
+        session.param.watch(self._on_colour_change, "color")   # after _prefetch: the rasters are ready
 
     def _build_map(self, key, params_stream):
         m = self.data.maps[key]
         rng = hv.streams.RangeXY()
-        dmap = hv.DynamicMap(self._callback(key), streams=[rng, params_stream])
+        # redraw(key) bumps this map's counter: HoloViews memoises frames on the streams' values, so a plain
+        # dmap.event() with nothing changed would hand back the last frame.
+        counter = hv.streams.Counter()
+        self._counters[key] = counter
+        dmap = hv.DynamicMap(self._callback(key), streams=[rng, params_stream, counter])
         # Options are attached once, to template elements whose option ids every frame reuses: options
         # applied per frame (or on the DynamicMap) are re-resolved on every event and slow it down.
         kd = [m.x, m.y]
@@ -262,6 +271,9 @@ class Maps(pn.viewable.Viewer):
         if event.new not in self.data.maps:
             return
         self.row.objects = [self.panes[k] for k in self.shown_keys()]
+        if event.new in self._stale:
+            self._stale.discard(event.new)
+            self.redraw(event.new)
         if self.umap_switch.value != event.new:
             self.umap_switch.value = event.new
 
@@ -434,7 +446,55 @@ class Maps(pn.viewable.Viewer):
                     self._apply(key, plot, self._set_selected_image, img, kind)
             except Exception:  # anything unexpected: let HoloViews redraw the whole map
                 log.debug("fast selection update failed for %s; full redraw", key, exc_info=True)
-                self.dmaps[key].event()
+                self.redraw(key)
+
+    def redraw(self, key: str):
+        """Redraw map ``key`` through HoloViews from the session's current state."""
+        self._counters[key].event()
+
+    def _on_colour_change(self, event):
+        """A new colour: from one class colouring to another only the two class rasters change, and they are
+        pushed into the Bokeh sources (no HoloViews redraw); any other change redraws the maps."""
+        def kind(name):
+            try:
+                return self.session.colouring(name).kind
+            except UserInputError:
+                return "density"
+        fast = kind(event.old) == kind(event.new) == "categorical"
+        shown = self.shown_keys()
+        for key in self.keys:
+            plots = self._plots(key)
+            if not plots:
+                continue   # not drawn yet: render() reads the colour when it is
+            if key not in shown:
+                self._stale.add(key)
+                continue
+            if not fast:
+                self.redraw(key)
+                continue
+            try:
+                rng = self.range_streams[key]
+                base, top, _, _ = self._layers(key, *self._ranges(key, rng.x_range, rng.y_range))
+                for plot in plots:
+                    self._apply(key, plot, self._set_class_images, base, base if top is None else top)
+            except Exception:
+                log.debug("fast recolour failed for %s; full redraw", key, exc_info=True)
+                self.redraw(key)
+
+    def _set_class_images(self, key, plot, base, top):
+        try:
+            sources = [plot.subplots[(g, "I")].handles["source"] for g in ("BaseClasses", "SelectedClasses")]
+            for source, img in zip(sources, (base, top)):
+                if np.shape(source.data["image"][0]) != img.shape:
+                    raise ValueError("the plot's raster has another shape")
+            for source, img in zip(sources, (base, top)):
+                data = dict(source.data)
+                data["image"] = [img]
+                with unlocked():
+                    source.data = data
+        except Exception:
+            log.debug("fast recolour failed for %s; full redraw", key, exc_info=True)
+            self.redraw(key)
 
     def _points_columns(self, key):
         m = self.data.maps[key]
@@ -477,7 +537,7 @@ class Maps(pn.viewable.Viewer):
                     source.data = {k: np.asarray(v) for k, v in cols.items()}
         except Exception:
             log.debug("fast point update failed for %s; full redraw", key, exc_info=True)
-            self.dmaps[key].event()
+            self.redraw(key)
 
     def _set_selected_image(self, key, plot, img, kind):
         try:
@@ -491,7 +551,7 @@ class Maps(pn.viewable.Viewer):
                 source.data = data
         except Exception:
             log.debug("fast selection update failed for %s; full redraw", key, exc_info=True)
-            self.dmaps[key].event()
+            self.redraw(key)
 
     def _colorbar_hook(self, plot, element):
         """The colourbar belongs to numeric colourings; a class colouring has the legend instead."""
