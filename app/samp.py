@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.tables import table_bytes
+
 log = logging.getLogger(__name__)
 
 ENABLED = True            # desa serve turns this off on a public address unless asked (--samp)
@@ -112,7 +114,6 @@ class SampLink:
     def send_table(self, rows: np.ndarray, name: str) -> str:
         """Write ``rows`` of the star table as a VOTable and have every subscribed client load it; returns
         the table id."""
-        from app.components.export import table_bytes
         self._need()
         loaders = self.clients("table.load.votable")
         if not loaders:

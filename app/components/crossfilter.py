@@ -65,9 +65,13 @@ class CrossFilter(pn.viewable.Viewer):
         cols = [c for c in self.columns.value if c in self.data.numeric_columns][:MAX_PANELS]
         self.panes = {}
         for col in cols:
-            dmap = hv.DynamicMap(self._callback(col), streams=[hv.streams.Params(self, ["version"])])
-            hv.streams.BoundsX(source=dmap).add_subscriber(self._brush_handler(col))
-            self.panes[col] = pn.pane.HoloViews(dmap, linked_axes=False)
+            # two DynamicMaps: the brush (an x box select) is only sent by a plot whose *element* carries the
+            # active tool, which an Overlay returned by one DynamicMap does not (Bokeh 3.9 / HoloViews 1.23)
+            base = hv.DynamicMap(self._callback(self.base, col), streams=[hv.streams.Params(self, ["version"])])
+            top = hv.DynamicMap(self._callback(self.layers, col), streams=[hv.streams.Params(self, ["version"])])
+            hv.streams.BoundsX(source=base).add_subscriber(self._brush_handler(col))
+            self.panes[col] = pn.pane.HoloViews((base * top).opts(show_legend=False, toolbar="above"),
+                                                linked_axes=False)
         self.grid.objects = list(self.panes.values())
 
     # --- histograms ---------------------------------------------------------------------------------
@@ -79,35 +83,48 @@ class CrossFilter(pn.viewable.Viewer):
         n_sel = self.data.histogram(col, sel)[1] if sel is not None else None
         return {"edges": edges, "all": n_all, "selected": n_sel, "log": log_axis}
 
-    def _callback(self, col):
+    @staticmethod
+    def _callback(fn, col):
         def callback(version):
-            return self.figure(col)
+            return fn(col)
         return callback
 
-    def figure(self, col: str):
+    def _scaled(self, edges, counts):
+        counts = counts.astype(np.float64)
+        if not self.normalise.value:
+            return counts
+        return counts / max(counts.sum(), 1.0) / np.diff(edges)
+
+    @property
+    def _ylabel(self) -> str:
+        return "density" if self.normalise.value else "stars"
+
+    def base(self, col: str):
+        """The histogram of all stars, titled with the counts; the plot the brush is drawn on."""
         h = self.histograms(col)
-        norm = bool(self.normalise.value)
-        edges = h["edges"]
-        widths = np.diff(edges)
-
-        def scaled(counts):
-            counts = counts.astype(np.float64)
-            return counts / max(counts.sum(), 1.0) / widths if norm else counts
-
-        ylabel = "density" if norm else "stars"
-        opts = dict(line_color=None, tools=["xbox_select"], active_tools=["xbox_select"], logx=bool(h["log"]))
-        all_h = hv.Histogram((edges, scaled(h["all"])), kdims=col, vdims=ylabel, label="all").opts(
-            fill_color=ALL_COLOUR, alpha=0.6, **opts)
-        layers = [all_h]
-        n_sel = int(h["selected"].sum()) if h["selected"] is not None else 0
+        title = f"{col}: {int(h['all'].sum()):,} stars"
         if h["selected"] is not None:
-            layers.append(hv.Histogram((edges, scaled(h["selected"])), kdims=col, vdims=ylabel,
-                                       label="selected").opts(fill_color=SELECTED_COLOUR, alpha=0.6, **opts))
+            title += f", {int(h['selected'].sum()):,} selected"
+        return hv.Histogram((h["edges"], self._scaled(h["edges"], h["all"])), kdims=col, vdims=self._ylabel,
+                            label="all").opts(
+            fill_color=ALL_COLOUR, alpha=0.6, line_color=None, tools=["xbox_select"],
+            active_tools=["xbox_select"], logx=bool(h["log"]), title=title, width=330, height=220)
+
+    def layers(self, col: str):
+        """Drawn over :meth:`base`: the selection's histogram (empty without a selection) and the brushed
+        ranges of ``col`` as shaded spans."""
+        h = self.histograms(col)
+        sel = h["selected"] if h["selected"] is not None else np.zeros_like(h["all"])
+        layers = [hv.Histogram((h["edges"], self._scaled(h["edges"], sel)), kdims=col, vdims=self._ylabel,
+                               label="selected").opts(fill_color=SELECTED_COLOUR, alpha=0.6, line_color=None,
+                                                      logx=bool(h["log"]))]
         for lo, hi in self.brushed(col):
             layers.append(hv.VSpan(lo, hi).opts(color="orange", alpha=0.15))
-        title = f"{col}: {int(h['all'].sum()):,} stars" + (f", {n_sel:,} selected" if h["selected"] is not None
-                                                             else "")
-        return hv.Overlay(layers).opts(title=title, width=330, height=220, show_legend=False, toolbar="above")
+        return hv.Overlay(layers)
+
+    def figure(self, col: str):
+        """What the panel of ``col`` draws: all stars, the selection, the brushed ranges."""
+        return (self.base(col) * self.layers(col)).opts(show_legend=False, toolbar="above")
 
     def brushed(self, col: str) -> list[tuple[float, float]]:
         """The ranges of ``col`` in the current selection's top-level steps (drawn as shaded spans)."""

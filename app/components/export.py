@@ -15,34 +15,13 @@ import panel as pn
 import param
 
 from app import samp
+from app.tables import table_bytes
 from app.state import CURRENT_SELECTION, Session, UserInputError
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"CSV": "csv", "Parquet": "parquet", "VOTable": "vot"}
 SOURCE_SELECTION, SOURCE_NEIGHBOURS = CURRENT_SELECTION, "neighbour list"
-
-
-def table_bytes(df: pd.DataFrame, fmt: str) -> bytes:
-    """Serialise a table as CSV, Parquet or VOTable (``fmt``: 'csv', 'parquet', 'vot')."""
-    if fmt == "csv":
-        return df.to_csv(index=False).encode()
-    if fmt == "parquet":
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        return buf.getvalue()
-    if fmt == "vot":
-        from astropy.io.votable import from_table
-        from astropy.table import Table
-        clean = df.copy()
-        for c in clean.columns:  # VOTable has no pandas string/category dtypes: plain str / numbers
-            if not (pd.api.types.is_numeric_dtype(clean[c]) or pd.api.types.is_bool_dtype(clean[c])):
-                clean[c] = clean[c].astype(str).to_numpy(dtype=object).astype(str)
-        vot = from_table(Table.from_pandas(clean))
-        buf = io.BytesIO()
-        vot.to_xml(buf)
-        return buf.getvalue()
-    raise UserInputError(f"unknown export format {fmt!r}; choose csv, parquet or vot")
 
 
 class Export(pn.viewable.Viewer):
@@ -150,9 +129,15 @@ class Export(pn.viewable.Viewer):
 
     def __panel__(self):
         b_connect = pn.widgets.Button(label="Connect to SAMP hub", disabled=not samp.ENABLED)
-        b_connect.on_click(lambda e: self._samp_clicked(self.samp_connect))
+        # Panel awaits a callback only when it is itself a coroutine function (a lambda returning one is not)
+        async def on_connect(event):
+            await self._samp_clicked(self.samp_connect)
+
+        async def on_send(event):
+            await self._samp_clicked(self.samp_send)
+        b_connect.on_click(on_connect)
         b_send = pn.widgets.Button(label="Send selection to TOPCAT/Aladin", disabled=not samp.ENABLED)
-        b_send.on_click(lambda e: self._samp_clicked(self.samp_send))
+        b_send.on_click(on_send)
         return pn.Column(
             pn.Row(pn.widgets.Select.from_param(self.param.source, label="Export", width=220),
                    pn.widgets.RadioButtonGroup.from_param(self.param.fmt),
