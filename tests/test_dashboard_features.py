@@ -298,6 +298,24 @@ def test_presets_compare_on_the_trained_demo(ex):
     assert len(p._compare.objects) == 5
 
 
+def test_comparison_histograms_each_have_their_own_y_range(ex):
+    """Teff densities (1/K) are 10^4 times smaller than RUWE's: a shared y axis drew them as empty panels."""
+    import holoviews as hv
+    from app.components.populations import compare_histograms
+    d = ex.data
+    teff = d.column("teff")
+    layout = compare_histograms(d, teff < 5500, teff > 6000, "cool", "warm")
+    fig = hv.renderer("bokeh").get_plot(layout)
+    tops = {}
+    for sub in fig.subplots.values():
+        plot = sub.subplots["main"]
+        col = plot.current_frame.get(0).kdims[0].name
+        tops[col] = plot.handles["y_range"].end
+        heights = [np.nanmax(el.dimension_values(1)) for el in plot.current_frame]
+        assert tops[col] >= max(heights) * 0.99 and tops[col] <= max(heights) * 1.5, (col, tops[col], heights)
+    assert len(tops) >= 4 and len({round(t, 8) for t in tops.values()}) == len(tops)
+
+
 def test_class_to_class_recolour_pushed_to_bokeh_matches_a_full_redraw(ex):
     """binary_class -> phase changes only the class rasters, pushed straight into the Bokeh sources: what a
     full HoloViews redraw then draws is the same; a change to a numeric colour redraws the maps."""

@@ -116,7 +116,10 @@ def compare_histograms(data: AppData, mask_a: np.ndarray, mask_b: np.ndarray, la
         plots.append((ha.opts(fill_color=COLOUR_A, alpha=0.5, line_color=None) *
                       hb.opts(fill_color=COLOUR_B, alpha=0.5, line_color=None)).opts(
             width=300, height=220, logx=log_scale, show_legend=len(plots) == 0, legend_position="top_right"))
-    return hv.Layout(plots).cols(3) if plots else hv.Div("no comparable columns")
+    if not plots:
+        return hv.Div("no comparable columns")
+    # each panel its own y range: the densities of Teff (1/K) and RUWE differ by 10^4
+    return hv.Layout(plots).cols(3).opts(shared_axes=False)
 
 
 class Populations(pn.viewable.Viewer):
