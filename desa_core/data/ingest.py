@@ -440,6 +440,9 @@ def _build_catalog(cat: Catalogue, rows, lc_of_row, spec_of_row, ra, dec, kepmag
         with np.errstate(divide="ignore", invalid="ignore"):
             df["abs_g"] = np.where(plx > 0, df["gaia_g"] + 5 * np.log10(plx) - 10, np.nan)
         derived.append("abs_g (gaia_g + 5 log10(parallax_mas) - 10; no extinction correction)")
+    # A real catalogue's M_G is measured: it is the luminosity the light-curve encoder reads (LUMINOSITY_COLUMN),
+    # as the simulator's survey-like abs_g_obs is; its true abs_g is never a model input.
+    df["abs_g_obs"] = src["abs_g_obs"].to_numpy(float) if "abs_g_obs" in src else df["abs_g"].to_numpy(float)
     if "ra" not in src and np.isfinite(df["ra"]).any():
         derived.append("ra/dec (light-curve header RA_OBJ/DEC_OBJ)")
 

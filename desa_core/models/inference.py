@@ -21,7 +21,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from desa_core.data.preprocess import (RV_COLUMN, preprocess_light_curve, preprocess_light_curves,
+from desa_core.data.preprocess import (LUMINOSITY_COLUMN, RV_COLUMN, preprocess_light_curve, preprocess_light_curves,
                                        preprocess_spectra, preprocess_spectrum)
 from desa_core.data.store import catalog_column
 from desa_core.models.config import DesaConfig
@@ -186,7 +186,7 @@ class Embedder:
             return self._embed_features(feats, rows, self._labels_for(cat, rows), batch_size)
         columns = {"lc_row": cat["lc_row"].to_numpy(np.int64), "spec_row": cat["spec_row"].to_numpy(np.int64),
                    "star_id": cat["star_id"].to_numpy(),
-                   "abs_g": catalog_column(cat, "abs_g"), "rv": catalog_column(cat, RV_COLUMN, 0.0)}
+                   "abs_g": catalog_column(cat, LUMINOSITY_COLUMN), "rv": catalog_column(cat, RV_COLUMN, 0.0)}
         if prefetch is None:
             prefetch = self._prefetch_default()
         parts = {"desa": [], "light_curve": [], "spectrum": []}

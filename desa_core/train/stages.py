@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from desa_core.data.preprocess import (RV_COLUMN, clean_light_curves, light_curve_channels,
+from desa_core.data.preprocess import (LUMINOSITY_COLUMN, RV_COLUMN, clean_light_curves, light_curve_channels,
                                        preprocess_spectra, spectrum_snr)
 from desa_core.data.store import (SurveyStore, atomic_write_bytes, atomic_write_json, catalog_column,
                                   sha256_file)
@@ -193,7 +193,7 @@ def light_curve_inputs(ctx: RunContext, cache: Cache, stars: np.ndarray, rng) ->
     cat = ctx.store.catalog
     lc_rows = cat["lc_row"].to_numpy(np.int64)[stars]
     x = np.asarray(cache.light_curves[np.sort(lc_rows)])[np.argsort(np.argsort(lc_rows))]
-    return torch.from_numpy(light_curve_channels(x, catalog_column(cat, "abs_g")[stars], ctx.cfg.preprocess, rng))
+    return torch.from_numpy(light_curve_channels(x, catalog_column(cat, LUMINOSITY_COLUMN)[stars], ctx.cfg.preprocess, rng))
 
 
 def prot_targets(prot_days, tc: TrainConfig) -> np.ndarray:
