@@ -257,12 +257,17 @@ def test_crossfilter_brush_selects_a_range(page):
 
 
 def test_regions_find_select_and_save_clusters(page):
+    page.get_by_role("button", name="Clear selection").click()
+    page.get_by_text("Selected: none").wait_for(timeout=30_000)
     _tab(page, "Regions")
     page.get_by_role("button", name="Find clusters").click()
     page.get_by_text("Gaussian mixture on 10 principal components").wait_for(timeout=120_000)
     page.get_by_text("cluster (").first.wait_for(timeout=30_000)   # the maps' colour label
     page.get_by_role("button", name="Select cluster").click()
     n = _wait_count(page, lambda n: n > 0)
+    deadline = time.time() + 30
+    while "cluster" not in page.evaluate("window.location.search") and time.time() < deadline:
+        time.sleep(0.3)
     assert "cluster" in page.evaluate("window.location.search")
     page.get_by_role("button", name="Save clusters as populations").click()
     page.get_by_text("saved ['cluster 1").wait_for(timeout=30_000)

@@ -103,8 +103,8 @@ def test_cache_gives_the_same_inputs_as_preprocess(trained, survey):
     t, flux = store.light_curve(5)
     row = int(store.catalog["lc_row"].iat[5])
     np.testing.assert_array_equal(cached[row][: len(clean_light_curve(t, flux, cfg))], clean_light_curve(t, flux, cfg))
-    a = light_curve_channels(cached[row], store.catalog["abs_g"].iat[5], cfg)
-    np.testing.assert_allclose(a, preprocess_light_curve(t, flux, store.catalog["abs_g"].iat[5], cfg), atol=1e-6)
+    a = light_curve_channels(cached[row], store.catalog["abs_g_obs"].iat[5], cfg)
+    np.testing.assert_allclose(a, preprocess_light_curve(t, flux, store.catalog["abs_g_obs"].iat[5], cfg), atol=1e-6)
 
 
 def test_embedder_matches_training_features_and_covers_every_star(trained, survey):
@@ -130,9 +130,9 @@ def test_embedder_matches_training_features_and_covers_every_star(trained, surve
     np.testing.assert_allclose(emb.embed_store(store, rows=[7, 2], progress=False)["desa"], sub["desa"], atol=1e-4)
     cat = store.catalog
     one = emb.embed_single(light_curve=store.light_curve(7), spectrum=store.spectrum(7),
-                           rv_kms=cat["rv_kms_obs"].iat[7], abs_g=cat["abs_g"].iat[7])
+                           rv_kms=cat["rv_kms_obs"].iat[7], abs_g=cat["abs_g_obs"].iat[7])
     np.testing.assert_allclose(one["desa"], out["desa"][7], atol=1e-5)
-    only_lc = emb.embed_single(light_curve=store.light_curve(7), abs_g=cat["abs_g"].iat[7])
+    only_lc = emb.embed_single(light_curve=store.light_curve(7), abs_g=cat["abs_g_obs"].iat[7])
     assert np.isnan(only_lc["spectrum"]).all() and np.isfinite(only_lc["desa"]).all()
     with pytest.raises(ValueError, match="needs a light curve"):
         emb.embed_single()
