@@ -42,7 +42,9 @@ def _train(a):
 
 def _evaluate(a):
     from desa_core.evaluate.run import evaluate
-    evaluate(run=a.run, out=a.out, models=a.models.split(",") if a.models else None)
+    seeds = [int(x) for x in a.seeds.split(",")] if "," in a.seeds else int(a.seeds)
+    evaluate(run=a.run, out=a.out, models=a.models.split(",") if a.models else None, seeds=seeds,
+             ablations=a.ablations)
 
 
 def _precompute(a):
@@ -93,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="evaluate DESA and baselines on the test split")
     s.add_argument("--run", required=True)
     s.add_argument("--out", required=True, help="metrics JSON path")
-    s.add_argument("--models", default=None, help="comma-separated model keys (default: all)")
+    s.add_argument("--models", default=None, help="comma-separated model keys (default: all but the ablations)")
+    s.add_argument("--seeds", default="5", help="how many seeds (the run's and the next ones), or a comma list")
+    s.add_argument("--ablations", action="store_true",
+                   help="also retrain the DualFormer ablations per seed (~100 min on 2 cores for 5 seeds)")
     s.set_defaults(func=_evaluate)
 
     s = sub.add_parser("precompute", help="embed every star; write FAISS indexes, maps and tables")

@@ -9,7 +9,7 @@ import torch
 
 from desa_core.data.store import SurveyWriter, assign_splits, atomic_write_json
 from desa_core.evaluate.report import markdown_table
-from desa_core.evaluate.run import MODEL_KEYS, ORACLE_KEY, evaluate
+from desa_core.evaluate.run import ABLATIONS, DEFAULT_KEYS, MODEL_KEYS, ORACLE_KEY, UNTRAINED_KEY, evaluate
 from desa_core.evaluate.tasks import MIN_POPULATION, cmd_classes, sync_young_labels, sync_young_population
 from desa_core.models.config import get_config
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 N = 700
 HEADLINE = ("binary_auc", "binary_ap", "age_rmse_gyr", "age_mae_gyr", "age_coverage", "cmd_r2", "hr_r2",
-            "cmd_ari", "sync_young_bacc", "missing_modality", "n_test", "leaks_labels")
+            "cmd_ari", "sync_young_bacc", "neighbour_quality", "missing_modality", "n_test", "leaks_labels")
 
 
 def fake_catalog(n=N, seed=0) -> pd.DataFrame:
@@ -146,7 +146,7 @@ def test_sync_young_pool_widens_until_both_populations_are_large_enough(counts, 
 @pytest.mark.slow
 def test_evaluate_writes_full_layout(fake_run, tmp_path):
     out = tmp_path / "metrics.json"
-    result = evaluate(fake_run, out, progress=False, figures=False)
+    result = evaluate(fake_run, out, seeds=2, ablations=True, progress=False, figures=False)
     on_disk = json.loads(out.read_text())
     assert set(on_disk) == set(result) == set(MODEL_KEYS) | {"_meta"}
     for key in MODEL_KEYS:
@@ -173,8 +173,30 @@ def test_evaluate_writes_full_layout(fake_run, tmp_path):
     assert on_disk["concat"]["hr_r2"] > 0.8 and on_disk["concat"]["binary_auc"] > 0.8
     md = (tmp_path / "metrics.md").read_text()
     assert "LEAKS LABELS" in md and "ORACLE" in md and "| desa |" in md
+    assert "Paired difference from concat" in md and " ± " in md
+    # Two seeds: per-seed values, a mean at the top level, a paired difference from concat for every other model.
+    meta_seeds = meta["seeds"]
+    assert meta_seeds == [0, 1]
+    for key in (*DEFAULT_KEYS[:2], "vicreg", "concat"):
+        m = on_disk[key]
+        vals = m["seeds"]["per_seed"]["cmd_r2"]
+        assert len(vals) == 2 and m["cmd_r2"] == pytest.approx(np.mean(vals))
+        assert m["seeds"]["std"]["cmd_r2"] == pytest.approx(np.std(vals, ddof=1))
+        if key == "concat":
+            assert "vs_concat" not in m
+        else:
+            d = m["vs_concat"]["cmd_r2"]
+            diffs = np.subtract(vals, on_disk["concat"]["seeds"]["per_seed"]["cmd_r2"])
+            assert d["n"] == 2 and d["mean"] == pytest.approx(diffs.mean())
+            assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    # A seed retrains what is trained: the alignment baseline and DESA itself (the run's model at seed 0).
+    assert len(set(on_disk["vicreg"]["seeds"]["per_seed"]["neighbour_quality"])) == 2
+    assert on_disk["desa"]["seeds"]["per_seed"]["cmd_r2"][0] != on_disk["desa"]["seeds"]["per_seed"]["cmd_r2"][1]
+    # The untrained DualFormer is a different embedding from the trained one.
+    assert on_disk[UNTRAINED_KEY]["seeds"]["per_seed"]["cmd_r2"] != on_disk["desa"]["seeds"]["per_seed"]["cmd_r2"]
+    assert set(ABLATIONS) <= set(on_disk) and not set(ABLATIONS) & set(DEFAULT_KEYS)
     # Trained baselines and ablations are cached: a second run reuses them (same numbers).
-    again = evaluate(fake_run, tmp_path / "again.json", models=["vicreg", "desa_cross"], progress=False,
+    again = evaluate(fake_run, tmp_path / "again.json", models=["vicreg", "desa_cross"], seeds=2, progress=False,
                      figures=False)
     assert again["vicreg"]["representation"]["signature"] == on_disk["vicreg"]["representation"]["signature"]
     assert again["vicreg"]["cmd_r2"] == pytest.approx(on_disk["vicreg"]["cmd_r2"])
@@ -188,7 +210,7 @@ def test_train_heads_saves_and_evaluate_uses_them(fake_run, tmp_path):
     heads = load_heads(path)
     p, (lo, mid, hi) = predict_heads(heads, np.zeros((3, heads["binary"].mean.shape[0]), np.float32))
     assert p.shape == (3,) and np.all((p >= 0) & (p <= 1)) and np.all(lo <= mid) and np.all(mid <= hi)
-    r = evaluate(fake_run, tmp_path / "m.json", models=["desa"], progress=False, figures=False)
+    r = evaluate(fake_run, tmp_path / "m.json", models=["desa"], seeds=1, progress=False, figures=False)
     assert r["desa"]["heads"]["age_conformal_offset_gyr"] == pytest.approx(float(heads["age"].conformal_offset))
 
 
@@ -214,12 +236,12 @@ def test_no_absmag_ablation_uses_features_without_the_channel(fake_run, tmp_path
         d = dict(z)
     d["z_lc"] = d["z_lc"][:, ::-1].copy()        # any other light-curve features, same stars and order
     np.savez(run / "features_no_absmag.npz", **d)
-    r = evaluate(run, tmp_path / "m.json", models=["desa_no_absmag"], progress=False, figures=False)
+    r = evaluate(run, tmp_path / "m.json", models=["desa_no_absmag"], seeds=1, progress=False, figures=False)
     assert r["desa_no_absmag"]["available"] and r["desa_no_absmag"]["representation"]["features"].endswith(
         "features_no_absmag.npz")
     d["star_id"] = d["star_id"][::-1].copy()
     np.savez(run / "features_no_absmag.npz", **d)
-    r = evaluate(run, tmp_path / "m.json", models=["desa_no_absmag"], progress=False, figures=False)
+    r = evaluate(run, tmp_path / "m.json", models=["desa_no_absmag"], seeds=1, progress=False, figures=False)
     assert r["desa_no_absmag"]["available"] is False and "differ" in r["desa_no_absmag"]["reason"]
 
 
@@ -238,3 +260,41 @@ def test_report_writes_umap_figures(tmp_path):
                       has_spec=np.ones(300, bool))
     assert (tmp_path / "umap_desa.png").stat().st_size > 10_000 and (tmp_path / "umap_lc_only.png").is_file()
     assert "umap_desa.png" in md.read_text()
+
+
+def test_neighbour_quality_separates_a_physical_embedding_from_noise():
+    from desa_core.evaluate.metrics import neighbour_quality
+    rng = np.random.default_rng(3)
+    n = 1500
+    teff, logg = rng.uniform(4000, 7000, n), rng.uniform(2.5, 4.7, n)
+    cls = rng.choice(["single", "wide", "close_sync"], n)
+    numeric = {"teff": teff, "logg": logg}
+    categorical = {"binary_class": cls}
+    onehot = (cls[:, None] == np.array(["single", "wide", "close_sync"])).astype(float)
+    physical = np.column_stack([(teff - 5500) / 900, (logg - 3.6) / 0.6, 3 * onehot])
+    query = np.arange(n) < 300
+    pool = np.ones(n, bool)
+    good = neighbour_quality(physical, numeric, categorical, query, pool, k=10, seed=0)
+    noise = neighbour_quality(rng.normal(size=(n, 5)), numeric, categorical, query, pool, k=10, seed=0)
+    assert good["neighbour_quality"] > 0.7 and noise["neighbour_quality"] < 0.1
+    assert set(good["parts"]) == {"teff", "logg", "binary_class"} and good["parts"]["binary_class"] > 0.9
+    # A star is never its own neighbour: with every star duplicated, the twin is found, not the star itself
+    # (an embedding without a twin per star would otherwise score 1 by finding itself).
+    twins = np.concatenate([physical, physical])
+    tw = neighbour_quality(twins, {k: np.concatenate([v, v]) for k, v in numeric.items()},
+                           {"binary_class": np.concatenate([cls, cls])}, np.r_[query, np.zeros(n, bool)],
+                           np.ones(2 * n, bool), k=1, seed=0)
+    assert tw["parts"]["teff"] == pytest.approx(1.0)
+    solo = neighbour_quality(physical, numeric, categorical, query, pool, k=1, seed=0)
+    assert solo["parts"]["teff"] < 0.999
+    with pytest.raises(ValueError, match="query stars"):
+        neighbour_quality(physical, numeric, categorical, np.zeros(n, bool), pool)
+
+
+def test_paired_difference_interval():
+    from desa_core.evaluate.metrics import paired_difference
+    d = paired_difference([0.8, 0.82, 0.81, 0.83, 0.79], [0.7, 0.71, 0.72, 0.7, 0.69])
+    assert d["mean"] == pytest.approx(0.106) and d["n"] == 5 and d["ci95"][0] > 0
+    same = paired_difference([0.5, 0.6, 0.4], [0.55, 0.5, 0.45])
+    assert same["ci95"][0] < 0 < same["ci95"][1]
+    assert paired_difference([0.5], [0.4]) is None

@@ -10,7 +10,9 @@ into ``metrics.json``. The protocols follow the DESA paper (Kamai, Bronstein & P
   Romano, Patterson & Candes 2019);
 - :func:`few_shot_r2` -- linear probe on a standardised embedding, 20 % train / 80 % test;
 - :func:`clustering_agreement` -- Gaussian-mixture and K-means partitions vs known classes (ARI, purity);
-- :func:`knn_balanced_accuracy` -- stratified cross-validated k-NN balanced accuracy.
+- :func:`knn_balanced_accuracy` -- stratified cross-validated k-NN balanced accuracy;
+- :func:`neighbour_quality` -- how alike a star's nearest neighbours in the embedding are, against random pairs;
+- :func:`paired_difference` -- mean difference of two models over the same seeds, with a 95 % t interval.
 """
 from __future__ import annotations
 
@@ -254,3 +256,75 @@ def _knn_bacc_once(embedding, labels, k: int, n_splits: int, seed: int) -> dict:
         pred[te] = clf.predict(x_te)
     return {"balanced_accuracy": float(balanced_accuracy_score(y, pred)), "k": int(k), "n_splits": splits,
             "counts": {str(c): int(n) for c, n in zip(classes, counts)}}
+
+
+def neighbour_quality(embedding, numeric: dict, categorical: dict, query_mask, pool_mask, k: int = 10,
+                      seed: int = 0) -> dict:
+    """The metric of the product's own uses (similarity search, the UMAP): are a star's k nearest neighbours
+    physically alike?
+
+    Neighbours are found as the dashboard finds them: cosine similarity of the embedding centred on the
+    pool's mean, each query star (``query_mask``) against every star of ``pool_mask`` but itself. For each
+    ``numeric`` property p (name -> values; NaN = unknown) the score is ``1 - median|dp|(neighbour pairs) /
+    median|dp|(random pairs)`` (the random partners drawn from the same pool, k per query), clipped to [0, 1]:
+    0 = neighbours no more alike than strangers, 1 = identical. For each ``categorical`` property the score
+    is the chance-corrected agreement ``(a_nn - a_rand) / (1 - a_rand)`` (a = fraction of pairs in the same
+    class), clipped to [0, 1]. ``neighbour_quality`` is the mean of the scores.
+    """
+    x = _as_2d(embedding, "embedding").astype(np.float64)
+    q_rows, p_rows = np.flatnonzero(np.asarray(query_mask, bool)), np.flatnonzero(np.asarray(pool_mask, bool))
+    if len(q_rows) < 2 or len(p_rows) <= k:
+        raise ValueError(f"neighbour_quality needs >= 2 query stars and > k={k} pool stars "
+                         f"(got {len(q_rows)} and {len(p_rows)})")
+    ok = np.isfinite(x).all(1)
+    q_rows, p_rows = q_rows[ok[q_rows]], p_rows[ok[p_rows]]
+    pool = x[p_rows] - x[p_rows].mean(0)
+    centre = x[p_rows].mean(0)
+    pool /= np.maximum(np.linalg.norm(pool, axis=1, keepdims=True), 1e-12)
+    nn = np.empty((len(q_rows), k), dtype=np.int64)
+    pos_in_pool = {int(r): i for i, r in enumerate(p_rows)}
+    for i0 in range(0, len(q_rows), 1024):
+        rows = q_rows[i0:i0 + 1024]
+        q = x[rows] - centre
+        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        sim = q @ pool.T
+        for j, r in enumerate(rows):          # never the star itself
+            if int(r) in pos_in_pool:
+                sim[j, pos_in_pool[int(r)]] = -np.inf
+        part = np.argpartition(-sim, k, axis=1)[:, :k]
+        nn[i0:i0 + len(rows)] = p_rows[part]
+    rng = np.random.default_rng(seed)
+    rand = p_rows[rng.integers(0, len(p_rows), size=(len(q_rows), k))]
+    parts = {}
+    for name, v in numeric.items():
+        v = np.asarray(v, np.float64)
+        d_nn = np.abs(v[nn] - v[q_rows, None]).ravel()
+        d_rand = np.abs(v[rand] - v[q_rows, None]).ravel()
+        d_nn, d_rand = d_nn[np.isfinite(d_nn)], d_rand[np.isfinite(d_rand)]
+        if len(d_nn) == 0 or len(d_rand) == 0 or np.median(d_rand) <= 0:
+            continue
+        parts[name] = float(np.clip(1.0 - np.median(d_nn) / np.median(d_rand), 0.0, 1.0))
+    for name, v in categorical.items():
+        v = np.asarray(v).astype(str)
+        a_nn = float(np.mean(v[nn] == v[q_rows, None]))
+        a_rand = float(np.mean(v[rand] == v[q_rows, None]))
+        if a_rand >= 1.0:
+            continue
+        parts[name] = float(np.clip((a_nn - a_rand) / (1.0 - a_rand), 0.0, 1.0))
+    if not parts:
+        raise ValueError("neighbour_quality: no property has known values on the query stars")
+    return {"neighbour_quality": float(np.mean(list(parts.values()))), "parts": parts, "k": int(k),
+            "n_query": int(len(q_rows)), "n_pool": int(len(p_rows))}
+
+
+def paired_difference(a, b, level: float = 0.95) -> dict | None:
+    """Mean and ``level`` Student-t interval of ``a - b`` over paired runs (the same seeds); None when fewer
+    than two pairs are finite. The interval excluding 0 is what makes a difference a finding."""
+    from scipy import stats
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return None
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * sd / np.sqrt(len(d)))
+    return {"mean": mean, "std": sd, "ci95": [mean - half, mean + half], "n": int(len(d))}

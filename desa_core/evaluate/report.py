@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 
 COLUMNS = (("binary_auc", "binary AUC"), ("binary_ap", "binary AP"), ("age_rmse_gyr", "age RMSE [Gyr]"),
            ("age_mae_gyr", "age MAE [Gyr]"), ("age_coverage", "age cov. (0.72)"), ("cmd_r2", "CMD R²"),
-           ("hr_r2", "HR R²"), ("cmd_ari", "CMD ARI (GMM)"), ("sync_young_bacc", "sync/young bacc"))
+           ("hr_r2", "HR R²"), ("cmd_ari", "CMD ARI (GMM)"), ("sync_young_bacc", "sync/young bacc"),
+           ("neighbour_quality", "neighbour quality"))
+# The paired-difference table: the issue's six headline metrics.
+PAIRED_COLUMNS = (("binary_auc", "binary AUC"), ("age_rmse_gyr", "age RMSE [Gyr]"), ("cmd_r2", "CMD R²"),
+                  ("hr_r2", "HR R²"), ("sync_young_bacc", "sync/young bacc"), ("neighbour_quality", "neighbour q."))
 # Higher is better except for the age errors; used to bold the best label-free value per column.
 LOWER_IS_BETTER = {"age_rmse_gyr", "age_mae_gyr"}
 
@@ -64,10 +68,35 @@ def markdown_table(metrics: dict, section: str | None = None) -> str:
                        and not metrics[k].get("oracle") and _cell(best[col]) == c)   # ties: all bold
             if is_best:
                 c = f"**{c}**"
-            if col == "sync_young_bacc" and r.get("sync_young_bacc_std") is not None:
+            sd = ((r.get("seeds") or {}).get("std") or {}).get(col) if not section else None
+            if sd is not None:
+                c += f" ± {sd:.3f}"
+            elif col == "sync_young_bacc" and r.get("sync_young_bacc_std") is not None:
                 c += f" ± {r['sync_young_bacc_std']:.3f}"
             cells.append(c)
         lines.append(f"| {_label(k, metrics[k])} | {n if n is not None else '–'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(metrics: dict) -> str:
+    """Markdown table of each model's paired difference from concat (mean [95 % interval] over the same
+    seeds); a star marks an interval that excludes 0 (better or worse), '(better)' its direction."""
+    keys = [k for k in _model_keys(metrics) if metrics[k].get("vs_concat")]
+    lines = ["| model | " + " | ".join(name for _, name in PAIRED_COLUMNS) + " |",
+             "|" + "---|" * (len(PAIRED_COLUMNS) + 1)]
+    for k in keys:
+        cells = []
+        for col, _ in PAIRED_COLUMNS:
+            d = metrics[k]["vs_concat"].get(col)
+            if d is None:
+                cells.append("–")
+                continue
+            lo, hi = d["ci95"]
+            sig = lo > 0 or hi < 0
+            better = (d["mean"] < 0) if col in LOWER_IS_BETTER else (d["mean"] > 0)
+            cells.append(f"{d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                         + (f" * ({'better' if better else 'worse'})" if sig else ""))
+        lines.append(f"| {_label(k, metrics[k])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -89,8 +118,15 @@ def write_report(metrics: dict, out_dir: str | os.PathLike, reps: dict | None = 
              f"Stars per split: {meta.get('n_stars', {})}; with both modalities: {meta.get('n_both_modalities', {})}.",
              "Best label-free value per column in bold; rows marked LEAKS LABELS or ORACLE see true catalogue "
              "labels and are not comparable.", "",
-             "## Test stars with both modalities", "", markdown_table(metrics), "",
-             "## Test stars lacking one modality", "", markdown_table(metrics, "missing_modality"), ""]
+             f"Every number is the mean ± std over seeds {meta.get('seeds', [meta.get('seed', 0)])} "
+             "(each seed retrains every alignment model, DualFormer and head).", "",
+             "## Test stars with both modalities", "", markdown_table(metrics), ""]
+    if any(metrics[k].get("vs_concat") for k in _model_keys(metrics)):
+        lines += ["## Paired difference from concat", "",
+                  "Model minus `concat`, mean over the same seeds with its 95 % Student-t interval; `*` where the "
+                  "interval excludes 0.", "", paired_table(metrics), ""]
+    lines += ["## Test stars lacking one modality (mean over seeds)", "", markdown_table(metrics, "missing_modality"),
+              ""]
     sy = next((metrics[k]["sync_young"] for k in _model_keys(metrics) if "sync_young" in metrics[k]), None)
     if sy:
         lines += ["## Synchronized binaries vs young fast rotators", "",

@@ -1,7 +1,8 @@
 """`desa evaluate`: DESA, its ablations and the baselines on the same frozen features and the same splits.
 
-    desa evaluate --run runs/small --out runs/small/metrics.json
-    desa evaluate --run runs/small --out /tmp/m.json --models desa,lc_only,vicreg
+    desa evaluate --run runs/small --out runs/small/metrics.json              # 5 seeds, no ablations
+    desa evaluate --run runs/small --out /tmp/m.json --models desa,lc_only,vicreg --seeds 2
+    desa evaluate --run runs/small --out /tmp/m.json --ablations             # + the DualFormer ablations
 
 Reads the run folder written by ``desa train`` (``run_manifest.json``, ``features.npz`` -- the frozen encoder
 features of every star -- and the trained DualFormer), joins the survey's true catalogue on ``star_id``,
@@ -9,6 +10,14 @@ builds one representation per model key (see :data:`MODEL_DESCRIPTIONS`), fits t
 train split (validation: early stopping and conformal calibration) and measures every metric of
 :mod:`desa_core.evaluate.tasks` on the test split. Writes ``metrics.json`` (atomically), ``metrics.md`` and
 PNG figures next to it.
+
+Seeds. Everything that is trained here is trained once per seed (``seeds``, default 5: the run's own seed and
+the next four): each alignment baseline, DESA's DualFormer (the run's own model at the run's seed, the same
+config retrained at the others; the frozen encoders are the run's), ``desa_untrained`` (the DualFormer at its
+initialisation, finalised), the heads of every model, the probes' fit/score split and the k-NN folds. Each
+model's headline numbers in ``metrics.json`` are the **mean over seeds**; ``seeds`` holds the per-seed values
+and their std, and ``vs_concat`` each metric's paired difference from ``concat`` (same seeds) with a 95 %
+Student-t interval. A difference is a finding only when that interval excludes 0.
 
 Baselines and ablations train only on frozen features (cheap); each trained representation is cached in
 ``RUN/eval_cache/`` under a key of the features file's checksum and the model's configuration, so a second
@@ -39,7 +48,7 @@ from desa_core.rundir import RunDir, load_features
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 ORACLE_KEY = "oracle_gbr_true_labels"
 ORACLE_FEATURES = ("teff", "logg", "feh", "prot_days", "log_lum")
 # A realistic reference: the simulator's survey-like *observed* labels (LAMOST-pipeline Teff/logg/[Fe/H] errors,
@@ -94,9 +103,20 @@ MODEL_DESCRIPTIONS = {
     OBSERVED_ORACLE_KEY: ("ORACLE (realistic): the same on survey-like OBSERVED labels "
                           + ", ".join(OBSERVED_ORACLE_FEATURES) + " (Prot true: no measured period in the catalogue)"),
 }
-MODEL_KEYS = ("desa", "lc_only", "spec_only", "concat", "clip", "moco", "vicreg", "simsiam",
+UNTRAINED_KEY = "desa_untrained"
+MODEL_DESCRIPTIONS[UNTRAINED_KEY] = ("the run's DualFormer config at its initialisation (zero alignment epochs; "
+                                     "normalisation and eigenbasis from the train split): what alignment adds")
+BASELINE_KEYS = ("clip", "moco", "vicreg", "simsiam")
+MODEL_KEYS = ("desa", UNTRAINED_KEY, "lc_only", "spec_only", "concat", *BASELINE_KEYS,
               *ABLATIONS, NO_ABSMAG_KEY, ORACLE_KEY, OBSERVED_ORACLE_KEY)
+# What `desa evaluate` runs without --ablations: the ablations retrain a DualFormer per seed each (~2 min per
+# training on 2 cores), ~100 min for all of them over 5 seeds.
+DEFAULT_KEYS = tuple(k for k in MODEL_KEYS if k not in ABLATIONS)
 ORACLE_KEYS = {ORACLE_KEY: ORACLE_FEATURES, OBSERVED_ORACLE_KEY: OBSERVED_ORACLE_FEATURES}
+DEFAULT_SEEDS = 5
+# The metrics averaged over seeds, with their std and the paired difference from concat.
+HEADLINE_METRICS = ("binary_auc", "binary_ap", "age_rmse_gyr", "age_mae_gyr", "age_coverage", "cmd_r2", "hr_r2",
+                    "cmd_ari", "sync_young_bacc", "neighbour_quality")
 
 
 @dataclasses.dataclass
@@ -133,6 +153,7 @@ def _signature(*parts) -> str:
 
 # ------------------------------------------------------------------------------------------- models
 def _cached(cache_dir: Path, key: str, sig: str, build) -> Representation:
+    """``build()`` once; later calls with the same signature read ``cache_dir/key.npz``."""
     path = cache_dir / f"{key}.npz"
     if path.is_file():
         try:
@@ -199,11 +220,13 @@ def ablation_train_config(cfg):
     return dataclasses.replace(cfg.train, align_epochs=min(int(cfg.train.align_epochs), ABLATION_MAX_EPOCHS))
 
 
-def _ablation_representation(key, overrides, feats, cfg, catalog, seed, device) -> Representation:
+def _ablation_representation(key, overrides, feats, cfg, catalog, seed, device, tcfg=None) -> Representation:
+    """A DualFormer with the run's config plus ``overrides``, trained here on the frozen features (``tcfg``:
+    the training config, default the ablations' capped one; ``align_epochs=0`` gives the untrained model)."""
     from desa_core.models.dualformer import conditioning_labels
     from desa_core.train.alignment import train_dualformer
     dcfg = dataclasses.replace(cfg.dualformer, **overrides)
-    tcfg = ablation_train_config(cfg)
+    tcfg = ablation_train_config(cfg) if tcfg is None else tcfg
     labels = conditioning_labels(catalog) if dcfg.label_conditioned else None
     model = train_dualformer(feats, dcfg, tcfg, seed=seed, device=device, labels=labels)
     rep = _dualformer_outputs(model, feats, labels)
@@ -256,86 +279,180 @@ def oracle_age_metrics(catalog: pd.DataFrame, eval_mask: np.ndarray, seed: int =
 
 
 # ------------------------------------------------------------------------------------------- main
-def evaluate(run, out, models=None, *, seed: int = 0, device: str = "cpu", progress: bool = True,
-             figures: bool = True, threads: int | None = 1) -> dict:
-    """Evaluate DESA, its ablations and the baselines of run folder ``run``; write ``out`` (JSON), plus
-    ``metrics.md`` and figures next to it. ``models``: a subset of :data:`MODEL_KEYS` (default: all).
-    ``threads``: torch intra-op threads while evaluating (None: leave as is). One is the default because
-    the models here are tiny: on a busy machine, OpenMP threads spinning for each other made a small MLP
-    step ~70x slower with two threads than with one (measured on the 2-core development box); the same
-    holds for the BLAS pool behind scipy/sklearn, which is limited alike.
+def evaluate(run, out, models=None, *, seeds: int | list = DEFAULT_SEEDS, ablations: bool = False,
+             device: str = "cpu", progress: bool = True, figures: bool = True, threads: int | None = 1,
+             seed: int | None = None) -> dict:
+    """Evaluate DESA, the baselines (and with ``ablations`` the DualFormer ablations) of run folder ``run``
+    over several seeds; write ``out`` (JSON), plus ``metrics.md`` and figures next to it.
+
+    ``models``: a subset of :data:`MODEL_KEYS` (default :data:`DEFAULT_KEYS`, plus the ablations when
+    ``ablations``). ``seeds``: how many (the run's seed and the following ones) or an explicit list; ``seed``
+    is shorthand for ``seeds=[seed]``. ``threads``: torch intra-op threads while evaluating (None: leave as
+    is). One is the default because the models here are tiny: on a busy machine, OpenMP threads spinning for
+    each other made a small MLP step ~70x slower with two threads than with one (measured on the 2-core
+    development box); the same holds for the BLAS pool behind scipy/sklearn, which is limited alike.
     Returns the metrics dict (the JSON's content)."""
+    if seed is not None:
+        seeds = [int(seed)]
     if not threads:
-        return _evaluate(run, out, models, seed, device, progress, figures)
+        return _evaluate(run, out, models, seeds, ablations, device, progress, figures)
     from threadpoolctl import threadpool_limits   # BLAS/OpenMP pools of numpy, scipy, sklearn
     prev = torch.get_num_threads()
     torch.set_num_threads(int(threads))
     try:
         with threadpool_limits(limits=int(threads)):
-            return _evaluate(run, out, models, seed, device, progress, figures)
+            return _evaluate(run, out, models, seeds, ablations, device, progress, figures)
     finally:
         torch.set_num_threads(prev)
 
 
-def _evaluate(run, out, models, seed, device, progress, figures) -> dict:
+def _seed_list(seeds, run_seed: int) -> list[int]:
+    if isinstance(seeds, (int, np.integer)):
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
+        return [int(run_seed) + i for i in range(int(seeds))]
+    out = [int(x) for x in seeds]
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    return out
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def aggregate_seeds(per_seed: list):
+    """One result from per-seed results: numbers averaged (kept as they are where all seeds agree), dicts
+    merged key by key, anything else (lists, strings, None somewhere) taken from the first seed."""
+    first = per_seed[0]
+    if all(isinstance(v, dict) for v in per_seed):
+        return {k: (aggregate_seeds([v[k] for v in per_seed]) if all(k in v for v in per_seed) else first[k])
+                for k in first}
+    if all(_is_number(v) for v in per_seed):
+        if all(v == first for v in per_seed):
+            return first
+        return float(np.mean([float(v) for v in per_seed]))
+    return first
+
+
+def _seed_summary(per_seed: list[dict], seeds: list[int]) -> dict:
+    values = {m: [r.get(m) for r in per_seed] for m in HEADLINE_METRICS if any(r.get(m) is not None for r in per_seed)}
+    std = {m: (float(np.std([float(x) for x in v], ddof=1)) if len(v) > 1 and all(x is not None for x in v)
+               else None) for m, v in values.items()}
+    return {"values": list(seeds), "per_seed": values, "std": std}
+
+
+def paired_vs(reference: dict, other: dict) -> dict:
+    """Each headline metric's paired difference ``other - reference`` over the seeds both ran."""
+    from desa_core.evaluate.metrics import paired_difference
+    ra, rb = reference.get("seeds") or {}, other.get("seeds") or {}
+    common = [sd for sd in rb.get("values", []) if sd in ra.get("values", [])]
+    out = {}
+    for m in HEADLINE_METRICS:
+        va, vb = (ra.get("per_seed") or {}).get(m), (rb.get("per_seed") or {}).get(m)
+        if va is None or vb is None:
+            continue
+        pa = dict(zip(ra["values"], va))
+        pb = dict(zip(rb["values"], vb))
+        a = [np.nan if pa[sd] is None else pa[sd] for sd in common]
+        b = [np.nan if pb[sd] is None else pb[sd] for sd in common]
+        d = paired_difference(b, a)
+        if d is not None:
+            out[m] = d
+    return out
+
+
+def _evaluate(run, out, models, seeds, ablations, device, progress, figures) -> dict:
     t_start = time.time()
     run, out = Path(run), Path(out)
-    keys = list(MODEL_KEYS) if models is None else [m.strip() for m in models if m.strip()]
+    if models is None:
+        keys = list(MODEL_KEYS if ablations else DEFAULT_KEYS)
+    else:
+        keys = [m.strip() for m in models if m.strip()]
+        if ablations:
+            keys += [k for k in ABLATIONS if k not in keys]
     unknown = [k for k in keys if k not in MODEL_KEYS]
     if unknown:
         raise ValueError(f"unknown model keys {unknown}; choose from {', '.join(MODEL_KEYS)}")
     inputs = open_run(run)
     cfg, feats, catalog, survey = inputs.cfg, inputs.features, inputs.catalog, inputs.survey
+    run_seed = int(cfg.train.seed)
+    seeds = _seed_list(seeds, run_seed)
     feats_path = RunDir(run).features_path
     split = catalog["split"].to_numpy()
     train, val = split == "train", split == "val"
     has_lc, has_spec = np.asarray(feats.has_lc, bool), np.asarray(feats.has_spec, bool)
-    torch.manual_seed(seed)
     feat_sha = sha256_file(feats_path)
     cache_dir = RunDir(run).eval_cache_dir
     bcfg = BaselineConfig(out_dim=int(cfg.dualformer.dim), hidden_dim=max(64, 4 * int(cfg.dualformer.dim)))
 
-    notes = ["headline metrics: test stars with both modalities; missing_modality: test stars lacking one",
+    notes = [f"every headline number is the mean over seeds {seeds} (std and per-seed values under 'seeds'); "
+             "per seed, every alignment model, DualFormer and head is trained afresh, and the probe splits and "
+             "k-NN folds are drawn anew; the frozen encoders are the run's",
+             "vs_concat: paired difference from concat over the same seeds, mean and 95% Student-t interval",
+             "headline metrics: test stars with both modalities; missing_modality: test stars lacking one",
              "cmd_r2/hr_r2: ridge probe (alpha by LOO-CV on the fit part), 20% fit / 80% score inside the test "
-             "split, seed 0, standardised embedding",
+             "split, standardised embedding",
              "cmd_ari: GMM (full covariance, 10 PCs of the standardised embedding), k = 4 CMD classes; "
              "photometric_binary = dwarf >= 0.3 mag above the single-star main sequence (delta_mag_ms)",
              "age_coverage: conformalized (CQR) 0.14-0.86 quantile interval, nominal 0.72",
+             "neighbour_quality: 10-NN (cosine, centred) of each test star among all stars with both modalities; "
+             "mean over Teff, logg, [Fe/H], log10 Prot (1 - median |d| of neighbours / of random pairs) and "
+             "binary class (chance-corrected agreement), each clipped to [0, 1]",
              "baseline embedding = [proj_spec(z_spec); proj_lc(z_lc)]; DESA embedding = (h_s + h_l) V, DESA heads "
              "read [p_s; p_l]"]
-    result: dict = {"run": str(run), "survey": str(survey), "config": cfg.name, "seed": seed,
+    result: dict = {"run": str(run), "survey": str(survey), "config": cfg.name, "seeds": seeds, "seed": seeds[0],
                     "features_sha256": feat_sha,
                     "n_stars": {s: int((split == s).sum()) for s in ("train", "val", "test")},
                     "n_both_modalities": {s: int(((split == s) & has_lc & has_spec).sum())
                                           for s in ("train", "val", "test")},
                     "notes": notes, "models": {}}
     reps: dict[str, Representation] = {}
+    per_key_seconds = {}
     for key in keys:
         if key in ORACLE_KEYS:
             continue
-        log.info("evaluate: building representation %s", key)
         t0 = time.time()
+        per_seed, rep0 = [], None
         try:
-            rep = _build(key, run, feats, cfg, catalog, train, val, bcfg, seed, device, progress, cache_dir,
-                         feat_sha)
+            for sd in seeds:
+                log.info("evaluate: %s, seed %d", key, sd)
+                rep = _build(key, run, feats, cfg, catalog, train, val, bcfg, sd, device, progress, cache_dir,
+                             feat_sha, run_seed)
+                heads = _saved_desa_heads(run, rep) if key == "desa" and sd == run_seed else None
+                m = evaluate_representation(rep.embedding, rep.head_input, catalog, has_lc, has_spec,
+                                            heads=heads, seed=sd, progress=progress)
+                m["representation"] = rep.info
+                per_seed.append(m)
+                rep0 = rep0 or rep
         except _Unavailable as e:
             log.warning("%s: %s", key, e)
             result["models"][key] = {"available": False, "reason": str(e), "description": MODEL_DESCRIPTIONS[key]}
             continue
-        heads = _saved_desa_heads(run, rep) if key == "desa" else None
-        m = evaluate_representation(rep.embedding, rep.head_input, catalog, has_lc, has_spec, heads=heads,
-                                    seed=seed, progress=progress)
+        m = aggregate_seeds(per_seed)
         m.update(description=MODEL_DESCRIPTIONS[key], leaks_labels=key == "desa_label_conditioned",
-                 available=True, representation=rep.info, seconds=round(time.time() - t0, 1))
+                 available=True, seeds=_seed_summary(per_seed, seeds), seconds=round(time.time() - t0, 1))
         result["models"][key] = m
-        reps[key] = rep
-        log.info("%s: AUC %s, age RMSE %s Gyr, cmd_r2 %s, hr_r2 %s, sync/young bacc %s", key,
-                 _fmt(m["binary_auc"]), _fmt(m["age_rmse_gyr"]), _fmt(m["cmd_r2"]), _fmt(m["hr_r2"]),
-                 _fmt(m["sync_young_bacc"]))
+        reps[key] = rep0
+        per_key_seconds[key] = m["seconds"]
+        log.info("%s (mean of %d seeds): AUC %s, age RMSE %s Gyr, cmd_r2 %s, hr_r2 %s, sync/young %s, "
+                 "neighbour quality %s (%.0f s)", key, len(seeds), _fmt(m["binary_auc"]), _fmt(m["age_rmse_gyr"]),
+                 _fmt(m["cmd_r2"]), _fmt(m["hr_r2"]), _fmt(m["sync_young_bacc"]), _fmt(m.get("neighbour_quality")),
+                 m["seconds"])
     for key in ORACLE_KEYS:
         if key in keys:
-            result["models"][key] = oracle_age_metrics(catalog, (split == "test") & has_lc & has_spec, seed, key)
+            per_seed = [oracle_age_metrics(catalog, (split == "test") & has_lc & has_spec, sd, key) for sd in seeds]
+            m = aggregate_seeds(per_seed)
+            if m.get("available"):
+                m["seeds"] = _seed_summary(per_seed, seeds)
+            result["models"][key] = m
+    if "concat" in result["models"] and result["models"]["concat"].get("available"):
+        ref = result["models"]["concat"]
+        for key, m in result["models"].items():
+            if key != "concat" and m.get("available") and m.get("seeds"):
+                m["vs_concat"] = paired_vs(ref, m)
     result["seconds"] = round(time.time() - t_start, 1)
+    result["seconds_per_model"] = per_key_seconds
     # Flatten: one top-level key per model, as the JSON layout promises; bookkeeping under "_meta".
     flat = dict(result.pop("models"))
     flat["_meta"] = result
@@ -352,24 +469,34 @@ class _Unavailable(Exception):
     pass
 
 
-def _build(key, run, feats, cfg, catalog, train, val, bcfg, seed, device, progress, cache_dir, feat_sha):
-    if key == "desa":
+def _build(key, run, feats, cfg, catalog, train, val, bcfg, seed, device, progress, cache_dir, feat_sha,
+           run_seed):
+    """The representation of model ``key`` trained with ``seed`` (cached where it is trained)."""
+    name = f"{key}-seed{seed}"
+    if key == "desa" and seed == run_seed:
         try:
             model = load_desa_model(run)
         except FileNotFoundError as e:
             raise _Unavailable(f"no trained DualFormer in {run} ({e})") from e
         return _dualformer_outputs(model, feats)
+    if key == "desa":   # the run's config, retrained with another seed on the same frozen features
+        sig = _signature(CACHE_VERSION, key, feat_sha, asdict(cfg.dualformer), asdict(cfg.train), seed)
+        return _cached(cache_dir, name, sig, lambda: _ablation_representation(key, {}, feats, cfg, catalog, seed,
+                                                                            device, tcfg=cfg.train))
+    if key == UNTRAINED_KEY:
+        tcfg = dataclasses.replace(cfg.train, align_epochs=0)
+        return _ablation_representation(key, {}, feats, cfg, catalog, seed, device, tcfg=tcfg)
     if key in ("lc_only", "spec_only", "concat"):
         return _raw_representation(key, feats, train)
-    if key in ("clip", "moco", "vicreg", "simsiam"):
+    if key in BASELINE_KEYS:
         sig = _signature(CACHE_VERSION, key, feat_sha, asdict(bcfg), seed)
-        return _cached(cache_dir, key, sig, lambda: _baseline_representation(key, feats, train, val, bcfg, seed,
-                                                                           progress))
+        return _cached(cache_dir, name, sig, lambda: _baseline_representation(key, feats, train, val, bcfg, seed,
+                                                                            progress))
     if key in ABLATIONS:
         sig = _signature(CACHE_VERSION, key, feat_sha, asdict(cfg.dualformer), asdict(ablation_train_config(cfg)),
                          ABLATIONS[key], seed)
-        return _cached(cache_dir, key, sig, lambda: _ablation_representation(key, ABLATIONS[key], feats, cfg,
-                                                                           catalog, seed, device))
+        return _cached(cache_dir, name, sig, lambda: _ablation_representation(key, ABLATIONS[key], feats, cfg,
+                                                                            catalog, seed, device))
     if key == NO_ABSMAG_KEY:
         path = no_absmag_features_path(run)
         if path is None:
@@ -385,8 +512,8 @@ def _build(key, run, feats, cfg, catalog, train, val, bcfg, seed, device, progre
             raise _Unavailable(f"{path}: stars or splits differ from {RunDir(run).features_path}")
         sig = _signature(CACHE_VERSION, key, sha256_file(path), asdict(cfg.dualformer),
                          asdict(ablation_train_config(cfg)), seed)
-        rep = _cached(cache_dir, key, sig, lambda: _ablation_representation(key, {}, f2, cfg, catalog, seed,
-                                                                          device))
+        rep = _cached(cache_dir, name, sig, lambda: _ablation_representation(key, {}, f2, cfg, catalog, seed,
+                                                                           device))
         rep.info["features"] = str(path)
         return rep
     raise ValueError(f"unknown model key {key!r}")

@@ -15,6 +15,9 @@ hr_r2               same for Teff and log L
 cmd_ari             GMM on the embedding (10 PCs) vs CMD classes (dwarf/subgiant/giant/photometric binary)
 sync_young_bacc     10-NN balanced accuracy, stratified 5-fold CV: synchronized binaries vs young stars
                     (test stars, widened to test + val or every split until each class has MIN_POPULATION)
+neighbour_quality   10-NN of each test star among all stars (cosine, as the dashboard's search): median
+                    |dTeff|, |dlogg|, |d[Fe/H]|, |dlog10 Prot| and binary-class agreement, each against
+                    random pairs, averaged into [0, 1] (:func:`~desa_core.evaluate.metrics.neighbour_quality`)
 ==================  ====================================================================================
 
 The headline numbers use test stars that have *both* modalities; ``missing_modality`` repeats them on
@@ -29,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from desa_core.evaluate.metrics import (binary_scores, bootstrap_ci, clustering_agreement, few_shot_r2, interval_coverage,
-                                        knn_balanced_accuracy, regression_scores)
+                                        knn_balanced_accuracy, neighbour_quality, regression_scores)
 from desa_core.models.heads import (HeadConfig, fit_age_head, fit_binary_head, predict_age, predict_binary)
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,9 @@ SYNC_YOUNG_POOLS = (("test",), ("test", "val"), ("test", "val", "train"))
 MIN_GROUP = 30                  # fewest stars for a metric on a missing-modality group
 NOMINAL_AGE_COVERAGE = 0.72     # 0.86 - 0.14
 SYNC_YOUNG_CV_REPEATS = 5       # repeated stratified CV: with a few dozen stars, fold luck matters
+NEIGHBOUR_K = 10
+NEIGHBOUR_NUMERIC = ("teff", "logg", "feh", "log10_prot")   # log10_prot: from prot_days
+NEIGHBOUR_CATEGORICAL = ("binary_class",)
 
 
 # --------------------------------------------------------------------------------------- task labels
@@ -175,6 +181,26 @@ def _probe_metrics(emb: np.ndarray, cat: pd.DataFrame, seed: int) -> dict:
     return out
 
 
+def _neighbour_metrics(embedding, catalog: pd.DataFrame, query: np.ndarray, pool: np.ndarray, seed: int) -> dict:
+    """neighbour_quality of the test stars with both modalities among every star with both (the truth
+    columns only score the pairs; nothing is fitted). Stars of an uncatalogued property are left out of
+    that property's score; a catalogue without any of them gives None."""
+    numeric = {}
+    for c in NEIGHBOUR_NUMERIC:
+        if c == "log10_prot" and "prot_days" in catalog.columns:
+            p = catalog["prot_days"].to_numpy(np.float64)
+            numeric[c] = np.log10(np.where(p > 0, p, np.nan))
+        elif c in catalog.columns:
+            numeric[c] = catalog[c].to_numpy(np.float64)
+    categorical = {c: catalog[c].astype(str).to_numpy() for c in NEIGHBOUR_CATEGORICAL if c in catalog.columns}
+    try:
+        r = neighbour_quality(embedding, numeric, categorical, query, pool, k=NEIGHBOUR_K, seed=seed)
+    except ValueError as e:
+        log.info("neighbour_quality skipped: %s", e)
+        return {"neighbour_quality": None}
+    return {"neighbour_quality": r["neighbour_quality"], "neighbour_quality_parts": r["parts"]}
+
+
 def sync_young_population(catalog: pd.DataFrame, eligible: np.ndarray) -> tuple[np.ndarray, dict]:
     """Mask of the stars used for the sync-vs-young task and a record of how it was chosen.
 
@@ -228,6 +254,7 @@ def evaluate_representation(embedding: np.ndarray, head_input: np.ndarray, catal
     else:
         out["sync_young_bacc"] = None
     out["sync_young"] = info
+    out.update(_neighbour_metrics(embedding, catalog, main, both, seed))
 
     missing = test & ~both
     mm = {"n": int(missing.sum()), "n_lacking_light_curve": int((test & ~np.asarray(has_lc, bool)).sum()),
