@@ -168,15 +168,22 @@ def train_variant(feats, cfg, over: dict, seed: int):
     pw = over.pop("prediction_weight", None)
     cv = over.pop("crossview", False)
     tcfg = dataclasses.replace(cfg.train, **over.pop("train", {}))
-    cls, loss = (al.DualFormer, al.alignment_loss) if pw is None else prediction_prototype(pw)
+    objective = al.objective_loss
+    if pw is None:
+        cls = al.DualFormer
+    else:
+        cls, loss = prediction_prototype(pw)
+
+        def objective(model, batch, dcfg, gen):   # the prototype's loss on one forward, as objective_loss does
+            return loss({k: v.float() for k, v in model(**batch).items()}, dcfg)
     if cv:
         cls = crossview_prototype()
-    saved = al.DualFormer, al.alignment_loss
-    al.DualFormer, al.alignment_loss = cls, loss
+    saved = al.DualFormer, al.objective_loss
+    al.DualFormer, al.objective_loss = cls, objective
     try:
         return al.train_dualformer(feats, dataclasses.replace(cfg.dualformer, **over), tcfg, seed=seed)
     finally:
-        al.DualFormer, al.alignment_loss = saved
+        al.DualFormer, al.objective_loss = saved
 
 
 def degeneracy(model, init, out: dict, mask) -> dict:

@@ -70,6 +70,7 @@ ABLATIONS = {
     "desa_contrastive": {"contrastive_term": True},
     "desa_paper_readout": {"token_lifting": "shared", "pooling": "norm_then_pool"},
     "desa_label_conditioned": {"label_conditioned": True},
+    "desa_comm": {"objective": "comm"},
 }
 NO_ABSMAG_KEY = "desa_no_absmag"
 # Ablations retrain a DualFormer each (the costly part of `desa evaluate`): their epochs are capped.
@@ -96,6 +97,8 @@ MODEL_DESCRIPTIONS = {
     "desa_contrastive": "DESA ablation: + cross-modal InfoNCE term between p_s and p_l",
     "desa_paper_readout": ("DESA ablation: the paper's readout (one shared scalar lifting, LayerNorm per token "
                            "before pooling)"),
+    "desa_comm": ("DESA with the CoMM fusion objective (Dufumier et al. 2025) instead of the paper's: InfoNCE between "
+                  "fused views and between each single-modality view and the fused ones"),
     "desa_label_conditioned": ("LEAKS LABELS: DESA with catalogue " + ", ".join(CONDITIONING_LABELS)
                                + " appended to h (the public code's configuration)"),
     NO_ABSMAG_KEY: "DESA ablation: light-curve encoder without the absolute-magnitude channel",

@@ -88,6 +88,9 @@ class SpectraEncoderConfig:
         return self.width
 
 
+OBJECTIVES = ("desa_paper", "comm")
+
+
 @dataclass
 class DualFormerConfig:
     """The alignment transformer over frozen features (method section 4) and its loss switches."""
@@ -118,6 +121,15 @@ class DualFormerConfig:
     # existed have neither key in their manifest and load with these defaults, which is what they used.
     token_lifting: str = "shared"         # 'shared': Linear(1 -> dim) (paper) | 'per_feature': z_i w_i + b_i
     pooling: str = "norm_then_pool"       # 'norm_then_pool' (paper) | 'pool_then_norm'
+    # What alignment optimises (desa_core/models/dualformer.py, objective_loss):
+    # 'desa_paper': the paper's duality + covariance loss (with the flags above);
+    # 'comm': CoMM (Dufumier et al., ICLR 2025) -- InfoNCE between the fused representations (h_s + h_l, through
+    #   a projection MLP) of two augmented views of a star, plus between each single-modality view (the other
+    #   modality hidden) and the fused views.
+    objective: str = "desa_paper"
+    comm_temperature: float = 0.1
+    comm_noise: float = 0.1               # augmentation: Gaussian noise in units of each feature's train std
+    comm_feature_drop: float = 0.2        # augmentation: share of features set to their train mean per view
 
     def __post_init__(self):
         if self.attention_type not in ("cross_self", "cross", "self"):
@@ -128,6 +140,8 @@ class DualFormerConfig:
             raise ValueError(f"token_lifting must be per_feature or shared, not {self.token_lifting!r}")
         if self.pooling not in ("pool_then_norm", "norm_then_pool"):
             raise ValueError(f"pooling must be pool_then_norm or norm_then_pool, not {self.pooling!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
         if self.dim % self.heads:
             raise ValueError(f"dualformer dim {self.dim} is not divisible by heads {self.heads}")
 

@@ -16,6 +16,9 @@ Method section 4, label-free by default:
 - loss (:func:`alignment_loss`): ``0.5 mean_b (h_s^T A h_s - h_l^T A h_l)^2 + 0.5 L_cov`` with L_cov the
   squared off-diagonal batch covariance of p_s and of p_l divided by the dimension; optional
   cross-covariance and variance (std hinge) terms behind flags (dead / off in the public code);
+- ``objective='comm'`` replaces that loss by CoMM (Dufumier et al. 2025; :func:`objective_loss`): a projection
+  MLP g on the fused h_s + h_l, InfoNCE between two augmented views and between each single-modality view and
+  them; the eigenbasis of A is then only a fixed rotation of the fused representation;
 - after training :meth:`DualFormer.finalize` eigendecomposes A (its symmetric part, which is all the loss
   sees), sorts by |eigenvalue|, and ``embedding = (h_s + h_l) V``.
 
@@ -118,6 +121,8 @@ class DualFormer(nn.Module):
         self.register_buffer("eigenvalues", torch.zeros(n))
         self.register_buffer("eigenvectors", torch.eye(n))
         self.register_buffer("finalized", torch.zeros((), dtype=torch.bool))
+        if cfg.objective == "comm":
+            self.comm_head = nn.Sequential(nn.Linear(n, n), nn.GELU(), nn.Linear(n, n))
 
     @property
     def embedding_dim(self) -> int:
@@ -168,6 +173,8 @@ class DualFormer(nn.Module):
         p_s = h_s @ A.T                                                   # A h_s
         p_l = h_l @ A if self.cfg.projection_type == "transpose" else h_l @ A.T
         out = {"h_s": h_s, "h_l": h_l, "p_s": p_s, "p_l": p_l}
+        if self.cfg.objective == "comm":
+            out["g"] = self.comm_head(h_s + h_l)
         if bool(self.finalized):
             out["embedding"] = (h_s + h_l) @ self.eigenvectors
         return out
@@ -231,5 +238,65 @@ def alignment_loss(out: dict, cfg: DualFormerConfig) -> dict:
         nce = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
         terms["contrastive"] = nce
         loss = loss + cfg.contrastive_weight * nce
+    terms["loss"] = loss
+    return terms
+
+
+def _info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between paired rows of ``a`` and ``b`` (the other rows of the batch are negatives)."""
+    za, zb = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = za @ zb.T / temperature
+    target = torch.arange(len(a), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def _augment(model, z: torch.Tensor, which: str, cfg: DualFormerConfig, gen: torch.Generator) -> torch.Tensor:
+    """One augmented view of raw features: Gaussian noise (comm_noise train stds) and a random share of
+    features reset to their train mean."""
+    net = getattr(model, "module", model)
+    mean, std = (net.spec_mean, net.spec_std) if which == "s" else (net.lc_mean, net.lc_std)
+    noise = torch.randn(z.shape, generator=gen).to(z.device, z.dtype)
+    drop = (torch.rand(z.shape, generator=gen) < cfg.comm_feature_drop).to(z.device)
+    z = z + cfg.comm_noise * std * noise
+    return torch.where(drop, mean.expand_as(z), z)
+
+
+def objective_loss(model, batch: dict, cfg: DualFormerConfig, gen: torch.Generator) -> dict:
+    """The alignment objective ``cfg.objective`` on one batch (``batch``: the forward's keyword arguments);
+    returns the total under 'loss' and its terms, as floats' tensors. ``model`` may be DDP-wrapped: every
+    objective makes exactly one forward call.
+
+    'desa_paper': :func:`alignment_loss` of the forward outputs.
+    'comm': the batch is stacked four times -- two augmented views with both modalities (v1, v2), v1 with the
+    light curve hidden (spectrum-only view), v2 with the spectrum hidden (light-curve-only view) -- and
+    ``L = NCE(g1, g2) + mean over unimodal views u of (NCE(g_u, g1) + NCE(g_u, g2)) / 2`` over the stars that
+    have both modalities (all stars for the first term), g = the projection head of h_s + h_l.
+    """
+    if cfg.objective == "desa_paper":
+        out = model(**batch)
+        return alignment_loss({k: v.float() for k, v in out.items()}, cfg)
+    if cfg.objective != "comm":
+        raise ValueError(f"unknown objective {cfg.objective!r}")
+    b = len(batch["z_spec"])
+    both = batch["has_spec"] & batch["has_lc"]
+    none = torch.zeros_like(both)
+    v1s, v2s = _augment(model, batch["z_spec"], "s", cfg, gen), _augment(model, batch["z_spec"], "s", cfg, gen)
+    v1l, v2l = _augment(model, batch["z_lc"], "l", cfg, gen), _augment(model, batch["z_lc"], "l", cfg, gen)
+    stacked = {"z_spec": torch.cat([v1s, v2s, v1s, v2s]), "z_lc": torch.cat([v1l, v2l, v1l, v2l]),
+               "has_spec": torch.cat([batch["has_spec"], batch["has_spec"], batch["has_spec"], none]),
+               "has_lc": torch.cat([batch["has_lc"], batch["has_lc"], none, batch["has_lc"]])}
+    if "labels" in batch:
+        stacked["labels"] = torch.cat([batch["labels"]] * 4)
+    g = model(**stacked)["g"].float()
+    g1, g2, g_spec, g_lc = g[:b], g[b:2 * b], g[2 * b:3 * b], g[3 * b:]
+    t = cfg.comm_temperature
+    fused = _info_nce(g1, g2, t)
+    terms = {"fused": fused}
+    loss = fused
+    if int(both.sum()) >= 2:
+        uni = 0.5 * (0.5 * (_info_nce(g_spec[both], g1[both], t) + _info_nce(g_spec[both], g2[both], t))
+                     + 0.5 * (_info_nce(g_lc[both], g1[both], t) + _info_nce(g_lc[both], g2[both], t)))
+        terms["unimodal"] = uni
+        loss = loss + uni
     terms["loss"] = loss
     return terms

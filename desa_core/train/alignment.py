@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from desa_core.models.config import DualFormerConfig, TrainConfig
-from desa_core.models.dualformer import DualFormer, alignment_loss, conditioning_labels
+from desa_core.models.dualformer import DualFormer, conditioning_labels, objective_loss
 from desa_core.rundir import FrozenFeatures, RunDir
 from desa_core.train import distributed as ddp
 from desa_core.train.loop import CsvLog, autocast, fit_epochs, lr_at, optimizer_step, seed_for
@@ -107,8 +107,7 @@ def _train_dualformer(features: FrozenFeatures, cfg, train_cfg, seed=0, device="
                 g["lr"] = lr_at(epoch * steps + i, steps * epochs, train_cfg.align_lr, train_cfg.warmup_fraction)
             t = _hide_modality(_tensors(features, train_idx[b], labels, device), cfg.modality_dropout, gen)
             with autocast(device, train_cfg.amp):
-                out = wrapped(**t)
-            terms = alignment_loss({k: v.float() for k, v in out.items()}, cfg)
+                terms = objective_loss(wrapped, t, cfg, gen)
             optimizer_step(terms, opt, model.parameters(), train_cfg.grad_clip, sums)
             n += 1
         return {k: v / max(n, 1) for k, v in sums.items()}
@@ -121,7 +120,8 @@ def _train_dualformer(features: FrozenFeatures, cfg, train_cfg, seed=0, device="
             b = val_idx[i:i + bs]
             if len(b) < 2:
                 continue
-            terms = alignment_loss(model(**_tensors(features, b, labels, device)), cfg)
+            vgen = torch.Generator().manual_seed(seed_for(seed, "align-val", i))   # the same views every epoch
+            terms = objective_loss(model, _tensors(features, b, labels, device), cfg, vgen)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(b)
             n += len(b)
