@@ -399,3 +399,79 @@ def test_comm_training_lowers_its_loss_and_embeds(tmp_path):
     assert val_loss(trained) < val_loss(untrained) - 0.5     # nats: ~8.7 at initialisation, ~7.3 after 6 epochs
     emb = embed_dualformer(trained, feats)["embedding"]
     assert emb.shape == (n, 8) and np.isfinite(emb).all()
+
+
+def test_masked_objective_predicts_the_hidden_features():
+    from desa_core.models.dualformer import objective_loss
+    cfg = tiny_dualformer(objective="masked")
+    torch.manual_seed(0)
+    m = DualFormer(cfg, d_spec=12, d_lc=10)
+    batch = _batch_dict(*random_batch())
+    terms = objective_loss(m, batch, cfg, torch.Generator().manual_seed(0))
+    assert set(terms) == {"loss", "recon_spectrum", "recon_light_curve"} and torch.isfinite(terms["loss"])
+    terms["loss"].backward()
+    assert m.mask_token["s"].grad.abs().sum() > 0 and m.reconstruct["l"].weight.grad is not None
+    out = m(*random_batch(), mask_spec=torch.ones(6, 12, dtype=torch.bool))
+    assert out["recon_s"].shape == (6, 12) and out["recon_l"].shape == (6, 10)
+    # Masks change what the model sees; a model of another objective refuses them.
+    plain = m(*random_batch())
+    assert not torch.allclose(plain["h_s"], out["h_s"]) and "recon_s" not in plain
+    with pytest.raises(ValueError, match="masked"):
+        DualFormer(tiny_dualformer(), 12, 10)(*random_batch(), mask_spec=torch.ones(6, 12, dtype=torch.bool))
+
+
+def test_shared_unique_objective_terms_and_its_attention_rule():
+    from desa_core.models.dualformer import objective_loss
+    with pytest.raises(ValueError, match="attention_type 'self'"):
+        tiny_dualformer(objective="shared_unique")
+    cfg = tiny_dualformer(objective="shared_unique", attention_type="self")
+    torch.manual_seed(0)
+    m = DualFormer(cfg, d_spec=12, d_lc=10)
+    batch = _batch_dict(*random_batch(b=32, missing=False))
+    terms = objective_loss(m, batch, cfg, torch.Generator().manual_seed(0))
+    assert set(terms) == {"loss", "common", "unique", "intra_spectrum", "intra_light_curve"}
+    total = terms["common"] + terms["unique"] + terms["intra_spectrum"] + terms["intra_light_curve"]
+    assert float(terms["loss"]) == pytest.approx(float(total), rel=1e-5)
+    terms["loss"].backward()
+    assert m.A_weight.grad is None or float(m.A_weight.grad.abs().sum()) == 0.0   # A is not in this loss
+    assert m.blocks[0].qkv["s"].weight.grad.abs().sum() > 0
+
+
+def test_shared_unique_common_term_is_low_when_the_modalities_agree():
+    from desa_core.models.dualformer import _barlow
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(256, 4, generator=g)
+    on_same, _ = _barlow(a, a + 0.01 * torch.randn(256, 4, generator=g), 0.005)
+    on_rand, _ = _barlow(a, torch.randn(256, 4, generator=g), 0.005)
+    assert float(on_same) < 0.01 < 3.0 < float(on_rand)
+
+
+@pytest.mark.parametrize("objective, extra", [("masked", {}), ("shared_unique", {"attention_type": "self"})])
+def test_objectives_train_and_lower_their_loss(objective, extra):
+    from desa_core.models.config import TrainConfig
+    from desa_core.models.dualformer import objective_loss
+    from desa_core.rundir import FrozenFeatures
+    from desa_core.train.alignment import embed_dualformer, train_dualformer
+    rng = np.random.default_rng(0)
+    n = 400
+    lat = rng.normal(size=(n, 3))
+    z_spec = (lat @ rng.normal(size=(3, 12)) + 0.2 * rng.normal(size=(n, 12))).astype(np.float32)
+    z_lc = (lat @ rng.normal(size=(3, 10)) + 0.2 * rng.normal(size=(n, 10))).astype(np.float32)
+    has = np.ones(n, bool)
+    feats = FrozenFeatures(star_id=np.array([f"s{i}" for i in range(n)]), z_spec=z_spec, z_lc=z_lc,
+                           has_spec=has, has_lc=has, split=np.where(np.arange(n) < 300, "train", "val"))
+    cfg = tiny_dualformer(objective=objective, depth=1, token_lifting="per_feature", **extra)
+    tcfg = TrainConfig(align_epochs=30, align_batch_size=64, align_lr=3e-3, align_patience=30, torch_threads=None)
+    batch = {"z_spec": torch.from_numpy(z_spec[300:]), "z_lc": torch.from_numpy(z_lc[300:]),
+             "has_spec": torch.from_numpy(has[300:]), "has_lc": torch.from_numpy(has[300:])}
+
+    def val_loss(model):
+        with torch.no_grad():
+            return float(objective_loss(model, batch, cfg, torch.Generator().manual_seed(0))["loss"])
+
+    before = val_loss(train_dualformer(feats, cfg, dataclasses.replace(tcfg, align_epochs=0), seed=0))
+    trained = train_dualformer(feats, cfg, tcfg, seed=0)
+    after = val_loss(trained)
+    assert after < 0.7 * before, (before, after)
+    emb = embed_dualformer(trained, feats)["embedding"]
+    assert emb.shape == (n, 8) and np.isfinite(emb).all()

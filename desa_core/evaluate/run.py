@@ -71,6 +71,8 @@ ABLATIONS = {
     "desa_paper_readout": {"token_lifting": "shared", "pooling": "norm_then_pool"},
     "desa_label_conditioned": {"label_conditioned": True},
     "desa_comm": {"objective": "comm"},
+    "desa_masked": {"objective": "masked"},
+    "desa_shared_unique": {"objective": "shared_unique", "attention_type": "self"},
 }
 NO_ABSMAG_KEY = "desa_no_absmag"
 # Ablations retrain a DualFormer each (the costly part of `desa evaluate`): their epochs are capped.
@@ -99,6 +101,10 @@ MODEL_DESCRIPTIONS = {
                            "before pooling)"),
     "desa_comm": ("DESA with the CoMM fusion objective (Dufumier et al. 2025) instead of the paper's: InfoNCE between "
                   "fused views and between each single-modality view and the fused ones"),
+    "desa_masked": ("DESA with cross-modal masked-feature prediction as its objective (half of each modality's "
+                    "feature tokens masked and predicted from the rest of both)"),
+    "desa_shared_unique": ("DESA with a DeCUR-style common / unique split of h (self-attention streams): half the "
+                           "dimensions correlated across modalities, half decorrelated, Barlow Twins within each"),
     "desa_label_conditioned": ("LEAKS LABELS: DESA with catalogue " + ", ".join(CONDITIONING_LABELS)
                                + " appended to h (the public code's configuration)"),
     NO_ABSMAG_KEY: "DESA ablation: light-curve encoder without the absolute-magnitude channel",

@@ -88,7 +88,7 @@ class SpectraEncoderConfig:
         return self.width
 
 
-OBJECTIVES = ("desa_paper", "comm")
+OBJECTIVES = ("desa_paper", "comm", "masked", "shared_unique")
 
 
 @dataclass
@@ -126,7 +126,17 @@ class DualFormerConfig:
     # 'comm': CoMM (Dufumier et al., ICLR 2025) -- InfoNCE between the fused representations (h_s + h_l, through
     #   a projection MLP) of two augmented views of a star, plus between each single-modality view (the other
     #   modality hidden) and the fused views.
+    # 'masked': cross-modal masked-feature prediction -- a share `mask_ratio` of each modality's feature tokens
+    #   is replaced by a learned mask token and predicted (standardised value, MSE) from the output tokens,
+    #   which see the unmasked rest of both modalities through cross-attention;
+    # 'shared_unique': DeCUR-style (Wang et al., ECCV 2024) common / unique split of h -- across modalities the
+    #   first `shared_fraction` of the dimensions are pulled to correlation 1 (Barlow Twins) and the rest to
+    #   correlation 0; within each modality, two augmented views are pulled together (Barlow Twins). Needs
+    #   attention_type 'self' (each stream reads only its own modality, as DeCUR's two encoders).
     objective: str = "desa_paper"
+    mask_ratio: float = 0.5
+    shared_fraction: float = 0.5
+    barlow_offdiag_weight: float = 0.005
     comm_temperature: float = 0.1
     comm_noise: float = 0.1               # augmentation: Gaussian noise in units of each feature's train std
     comm_feature_drop: float = 0.2        # augmentation: share of features set to their train mean per view
@@ -142,6 +152,12 @@ class DualFormerConfig:
             raise ValueError(f"pooling must be pool_then_norm or norm_then_pool, not {self.pooling!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        if self.objective == "shared_unique" and self.attention_type != "self":
+            raise ValueError("objective shared_unique needs attention_type 'self' (each stream reads only its own "
+                             "modality; with cross-attention 'unique' dimensions could read the other modality)")
+        if not 0.0 < self.mask_ratio < 1.0 or not 0.0 < self.shared_fraction < 1.0:
+            raise ValueError(f"mask_ratio and shared_fraction must be in (0, 1), got {self.mask_ratio}, "
+                             f"{self.shared_fraction}")
         if self.dim % self.heads:
             raise ValueError(f"dualformer dim {self.dim} is not divisible by heads {self.heads}")
 

@@ -123,6 +123,13 @@ class DualFormer(nn.Module):
         self.register_buffer("finalized", torch.zeros((), dtype=torch.bool))
         if cfg.objective == "comm":
             self.comm_head = nn.Sequential(nn.Linear(n, n), nn.GELU(), nn.Linear(n, n))
+        if cfg.objective == "masked":
+            # A masked token is the mask vector plus a learned vector of its feature's position: the
+            # prediction must know which feature it fills in (rotary positions alone are relative).
+            self.mask_token = nn.ParameterDict({s: nn.Parameter(0.02 * torch.randn(cfg.dim)) for s in "sl"})
+            self.mask_position = nn.ParameterDict({"s": nn.Parameter(0.02 * torch.randn(self.d_spec, cfg.dim)),
+                                                   "l": nn.Parameter(0.02 * torch.randn(self.d_lc, cfg.dim))})
+            self.reconstruct = nn.ModuleDict({s: nn.Linear(cfg.dim, 1) for s in "sl"})
 
     @property
     def embedding_dim(self) -> int:
@@ -157,11 +164,24 @@ class DualFormer(nn.Module):
         return self.final_norm[which](x).mean(1)
 
     def forward(self, z_spec: torch.Tensor, z_lc: torch.Tensor, has_spec: torch.Tensor, has_lc: torch.Tensor,
-                labels: torch.Tensor | None = None) -> dict:
+                labels: torch.Tensor | None = None, mask_spec: torch.Tensor | None = None,
+                mask_lc: torch.Tensor | None = None) -> dict:
+        """``mask_spec`` / ``mask_lc`` (B, d) bool, objective 'masked' only: tokens replaced by the mask token;
+        the outputs then carry 'recon_s' / 'recon_l', the predicted standardised features."""
         xs = self._stream("s", z_spec, has_spec, self.spec_mean, self.spec_std, self.placeholder_spec)
         xl = self._stream("l", z_lc, has_lc, self.lc_mean, self.lc_std, self.placeholder_lc)
+        masked = mask_spec is not None or mask_lc is not None
+        if masked:
+            if self.cfg.objective != "masked":
+                raise ValueError("feature masks are for the 'masked' objective")
+            if mask_spec is not None:
+                xs = torch.where(mask_spec[..., None], (self.mask_token["s"] + self.mask_position["s"]).to(xs.dtype), xs)
+            if mask_lc is not None:
+                xl = torch.where(mask_lc[..., None], (self.mask_token["l"] + self.mask_position["l"]).to(xl.dtype), xl)
         for blk in self.blocks:
             xs, xl = blk(xs, xl)
+        recon = {"recon_s": self.reconstruct["s"](xs).squeeze(-1),
+                 "recon_l": self.reconstruct["l"](xl).squeeze(-1)} if masked else {}
         h_s, h_l = self._pool("s", xs), self._pool("l", xl)
         if self.n_labels:
             if labels is None:
@@ -175,6 +195,7 @@ class DualFormer(nn.Module):
         out = {"h_s": h_s, "h_l": h_l, "p_s": p_s, "p_l": p_l}
         if self.cfg.objective == "comm":
             out["g"] = self.comm_head(h_s + h_l)
+        out.update(recon)
         if bool(self.finalized):
             out["embedding"] = (h_s + h_l) @ self.eigenvectors
         return out
@@ -267,6 +288,7 @@ def objective_loss(model, batch: dict, cfg: DualFormerConfig, gen: torch.Generat
     objective makes exactly one forward call.
 
     'desa_paper': :func:`alignment_loss` of the forward outputs.
+    'masked': see :func:`_masked_loss`; 'shared_unique': see :func:`_shared_unique_loss`.
     'comm': the batch is stacked four times -- two augmented views with both modalities (v1, v2), v1 with the
     light curve hidden (spectrum-only view), v2 with the spectrum hidden (light-curve-only view) -- and
     ``L = NCE(g1, g2) + mean over unimodal views u of (NCE(g_u, g1) + NCE(g_u, g2)) / 2`` over the stars that
@@ -275,6 +297,10 @@ def objective_loss(model, batch: dict, cfg: DualFormerConfig, gen: torch.Generat
     if cfg.objective == "desa_paper":
         out = model(**batch)
         return alignment_loss({k: v.float() for k, v in out.items()}, cfg)
+    if cfg.objective == "masked":
+        return _masked_loss(model, batch, cfg, gen)
+    if cfg.objective == "shared_unique":
+        return _shared_unique_loss(model, batch, cfg, gen)
     if cfg.objective != "comm":
         raise ValueError(f"unknown objective {cfg.objective!r}")
     b = len(batch["z_spec"])
@@ -298,5 +324,77 @@ def objective_loss(model, batch: dict, cfg: DualFormerConfig, gen: torch.Generat
                      + 0.5 * (_info_nce(g_lc[both], g1[both], t) + _info_nce(g_lc[both], g2[both], t)))
         terms["unimodal"] = uni
         loss = loss + uni
+    terms["loss"] = loss
+    return terms
+
+
+def _masked_loss(model, batch: dict, cfg: DualFormerConfig, gen: torch.Generator) -> dict:
+    """Cross-modal masked-feature prediction: ``mask_ratio`` of each present modality's tokens are masked per
+    star; MSE between the predicted and the true standardised features at the masked positions (per modality,
+    then averaged), so a star's spectrum helps fill in its light curve's hidden features and vice versa."""
+    net = getattr(model, "module", model)
+    z_s, z_l = batch["z_spec"], batch["z_lc"]
+    m_s = (torch.rand(z_s.shape, generator=gen) < cfg.mask_ratio).to(z_s.device) & batch["has_spec"][:, None]
+    m_l = (torch.rand(z_l.shape, generator=gen) < cfg.mask_ratio).to(z_l.device) & batch["has_lc"][:, None]
+    out = model(**batch, mask_spec=m_s, mask_lc=m_l)
+    terms, parts = {}, []
+    for name, z, m, mean, std, key in (("spectrum", z_s, m_s, net.spec_mean, net.spec_std, "recon_s"),
+                                       ("light_curve", z_l, m_l, net.lc_mean, net.lc_std, "recon_l")):
+        if m.any():
+            target = (z - mean) / std
+            err = ((out[key].float() - target.float()) ** 2)[m].mean()
+            terms[f"recon_{name}"] = err
+            parts.append(err)
+    loss = torch.stack(parts).mean() if parts else out["h_s"].float().sum() * 0.0
+    terms["loss"] = loss
+    return terms
+
+
+def _barlow(a: torch.Tensor, b: torch.Tensor, offdiag: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(on-diagonal, off-diagonal) Barlow Twins terms of the batch cross-correlation of ``a`` and ``b``."""
+    n = len(a)
+    za = (a - a.mean(0)) / (a.std(0) + 1e-5)
+    zb = (b - b.mean(0)) / (b.std(0) + 1e-5)
+    c = za.T @ zb / (n - 1)
+    on = ((1 - torch.diagonal(c)) ** 2).sum()
+    return on, offdiag * _offdiag_sq(c)
+
+
+def _shared_unique_loss(model, batch: dict, cfg: DualFormerConfig, gen: torch.Generator) -> dict:
+    """DeCUR-style common / unique decoupling (Wang et al., ECCV 2024) of h_s and h_l, over stars with both
+    modalities; the batch is stacked twice (two augmented views, one forward call).
+
+    cross-modal, view 1: the first ``shared_fraction`` dimensions (common) -- diagonal of corr(h_s, h_l) to 1,
+    off-diagonal to 0 (Barlow Twins); the remaining (unique) dimensions -- diagonal to 0;
+    intra-modal: Barlow Twins between the two views of h_s and of h_l (all dimensions).
+    Every term is divided by the number of dimensions it covers."""
+    b = len(batch["z_spec"])
+    both = batch["has_spec"] & batch["has_lc"]
+    stacked = {"z_spec": torch.cat([_augment(model, batch["z_spec"], "s", cfg, gen),
+                                    _augment(model, batch["z_spec"], "s", cfg, gen)]),
+               "z_lc": torch.cat([_augment(model, batch["z_lc"], "l", cfg, gen),
+                                  _augment(model, batch["z_lc"], "l", cfg, gen)]),
+               "has_spec": torch.cat([batch["has_spec"]] * 2), "has_lc": torch.cat([batch["has_lc"]] * 2)}
+    out = model(**stacked)
+    h_s, h_l = out["h_s"].float(), out["h_l"].float()
+    d = h_s.shape[1]
+    c = max(1, int(round(cfg.shared_fraction * d)))
+    w = cfg.barlow_offdiag_weight
+    s1, s2, l1, l2 = h_s[:b], h_s[b:], h_l[:b], h_l[b:]
+    terms = {}
+    loss = h_s.sum() * 0.0
+    if int(both.sum()) >= 4:
+        on, off = _barlow(s1[both, :c], l1[both, :c], w)
+        terms["common"] = (on + off) / c
+        za = (s1[both, c:] - s1[both, c:].mean(0)) / (s1[both, c:].std(0) + 1e-5)
+        zb = (l1[both, c:] - l1[both, c:].mean(0)) / (l1[both, c:].std(0) + 1e-5)
+        terms["unique"] = (torch.diagonal(za.T @ zb / (int(both.sum()) - 1)) ** 2).sum() / max(d - c, 1)
+        loss = loss + terms["common"] + terms["unique"]
+    for name, (x1, x2, has) in {"intra_spectrum": (s1, s2, batch["has_spec"]),
+                                "intra_light_curve": (l1, l2, batch["has_lc"])}.items():
+        if int(has.sum()) >= 4:
+            on, off = _barlow(x1[has], x2[has], w)
+            terms[name] = (on + off) / d
+            loss = loss + terms[name]
     terms["loss"] = loss
     return terms
