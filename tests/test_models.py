@@ -369,28 +369,33 @@ def test_comm_objective_shapes_terms_and_gradients():
         tiny_dualformer(objective="clip")
 
 
+def _shared_signal_features(n=400, n_train=300):
+    """Frozen features of n stars whose spectrum and light-curve features share a 3-d latent (plus noise)."""
+    from desa_core.rundir import FrozenFeatures
+    rng = np.random.default_rng(0)
+    lat = rng.normal(size=(n, 3))
+    z_spec = (lat @ rng.normal(size=(3, 12)) + 0.2 * rng.normal(size=(n, 12))).astype(np.float32)
+    z_lc = (lat @ rng.normal(size=(3, 10)) + 0.2 * rng.normal(size=(n, 10))).astype(np.float32)
+    has = np.ones(n, bool)
+    feats = FrozenFeatures(star_id=np.array([f"s{i}" for i in range(n)]), z_spec=z_spec, z_lc=z_lc,
+                           has_spec=has, has_lc=has, split=np.where(np.arange(n) < n_train, "train", "val"))
+    val = {"z_spec": torch.from_numpy(z_spec[n_train:]), "z_lc": torch.from_numpy(z_lc[n_train:]),
+           "has_spec": torch.from_numpy(has[n_train:]), "has_lc": torch.from_numpy(has[n_train:])}
+    return feats, val
+
+
 def test_comm_training_lowers_its_loss_and_embeds(tmp_path):
     """A DualFormer trained with CoMM on features that share a signal: the objective falls from its value at
     initialisation, and the finalised model embeds every star."""
     from desa_core.models.config import TrainConfig
     from desa_core.models.dualformer import objective_loss
-    from desa_core.rundir import FrozenFeatures
     from desa_core.train.alignment import embed_dualformer, train_dualformer
-    rng = np.random.default_rng(0)
-    n = 400
-    lat = rng.normal(size=(n, 3))
-    z_spec = (lat @ rng.normal(size=(3, 12)) + 0.2 * rng.normal(size=(n, 12))).astype(np.float32)
-    z_lc = (lat @ rng.normal(size=(3, 10)) + 0.2 * rng.normal(size=(n, 10))).astype(np.float32)
-    split = np.where(np.arange(n) < 300, "train", "val")
-    has = np.ones(n, bool)
-    feats = FrozenFeatures(star_id=np.array([f"s{i}" for i in range(n)]), z_spec=z_spec, z_lc=z_lc,
-                           has_spec=has, has_lc=has, split=split)
+    feats, batch = _shared_signal_features()
+    n = len(feats)
     cfg = tiny_dualformer(objective="comm", depth=1)
     tcfg = TrainConfig(align_epochs=6, align_batch_size=64, torch_threads=None)
 
     def val_loss(model):
-        batch = {"z_spec": torch.from_numpy(z_spec[300:]), "z_lc": torch.from_numpy(z_lc[300:]),
-                 "has_spec": torch.from_numpy(has[300:]), "has_lc": torch.from_numpy(has[300:])}
         with torch.no_grad():
             return float(objective_loss(model, batch, cfg, torch.Generator().manual_seed(0))["loss"])
 
@@ -450,20 +455,11 @@ def test_shared_unique_common_term_is_low_when_the_modalities_agree():
 def test_objectives_train_and_lower_their_loss(objective, extra):
     from desa_core.models.config import TrainConfig
     from desa_core.models.dualformer import objective_loss
-    from desa_core.rundir import FrozenFeatures
     from desa_core.train.alignment import embed_dualformer, train_dualformer
-    rng = np.random.default_rng(0)
-    n = 400
-    lat = rng.normal(size=(n, 3))
-    z_spec = (lat @ rng.normal(size=(3, 12)) + 0.2 * rng.normal(size=(n, 12))).astype(np.float32)
-    z_lc = (lat @ rng.normal(size=(3, 10)) + 0.2 * rng.normal(size=(n, 10))).astype(np.float32)
-    has = np.ones(n, bool)
-    feats = FrozenFeatures(star_id=np.array([f"s{i}" for i in range(n)]), z_spec=z_spec, z_lc=z_lc,
-                           has_spec=has, has_lc=has, split=np.where(np.arange(n) < 300, "train", "val"))
+    feats, batch = _shared_signal_features()
+    n = len(feats)
     cfg = tiny_dualformer(objective=objective, depth=1, token_lifting="per_feature", **extra)
     tcfg = TrainConfig(align_epochs=30, align_batch_size=64, align_lr=3e-3, align_patience=30, torch_threads=None)
-    batch = {"z_spec": torch.from_numpy(z_spec[300:]), "z_lc": torch.from_numpy(z_lc[300:]),
-             "has_spec": torch.from_numpy(has[300:]), "has_lc": torch.from_numpy(has[300:])}
 
     def val_loss(model):
         with torch.no_grad():
