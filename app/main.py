@@ -180,7 +180,8 @@ class Explorer(pn.viewable.Viewer):
             notices.append(pn.pane.Alert(
                 "<b>Simulated survey.</b> The stars on this page come from the project's simulated Kepler x "
                 "LAMOST survey: credible physics, not real stars.", alert_type="warning", margin=(5, 10)))
-        model = (f"model run <code>{esc(d['run'])}</code> (config {esc(d['model_config'])}, fingerprint "
+        objective = f", DESA objective {esc(d['model_objective'])}" if d.get("model_objective") else ""
+        model = (f"model run <code>{esc(d['run'])}</code> (config {esc(d['model_config'])}{objective}, fingerprint "
                  f"{esc(str(d['model_fingerprint'])[:12])})" if d["run"] else "no model run (uploads cannot be embedded)")
         info = pn.pane.HTML(f"<small>Artifact set <code>{esc(d['artifacts'])}</code> ({esc(d['kind'])}, "
                             f"{d['n_stars']:,} stars); {model}; embeddings: {esc(', '.join(d['embeddings']))}</small>",

@@ -228,6 +228,7 @@ class AppData:
                 "simulated": self.is_simulated, "n_stars": self.n,
                 "survey": survey.get("path"), "run": run.get("path"),
                 "model_config": run.get("config"), "model_fingerprint": run.get("fingerprint"),
+                "model_objective": run.get("objective"),
                 "embeddings": self.embedding_names}
 
     def map_title(self, key: str) -> str:

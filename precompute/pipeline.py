@@ -134,7 +134,10 @@ def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_
                        "seed": _survey_seed(store.manifest),
                        "source": store.manifest.get("source")}
         run_info = {"path": str(run_path) if run_path else None, "config": getattr(embedder, "config_name", None),
-                    "fingerprint": str(embedder.fingerprint)}
+                    "fingerprint": str(embedder.fingerprint),
+                    # what the embedding called DESA was aligned with (DualFormerConfig.objective)
+                    "objective": getattr(getattr(getattr(embedder, "config", None), "dualformer", None),
+                                         "objective", None)}
         _invalidate_manifest_if_stale(out, book, emb_stage, emb_fp)
         if book.done(emb_stage, emb_fp):
             log.info("stage embed: up to date, skipping")

@@ -344,3 +344,11 @@ def test_class_to_class_recolour_pushed_to_bokeh_matches_a_full_redraw(ex):
     s.color = "teff"
     sel = plot.subplots[("Selected", "I")].handles["source"]
     assert np.isfinite(np.asarray(sel.data["image"][0], dtype=float)).any()
+
+
+def test_header_names_the_model_and_its_objective(ex):
+    """The page says which model built the embeddings it calls DESA, and how that DualFormer was aligned."""
+    info = ex.header().objects[-1].object
+    assert ex.data.manifest["run"]["objective"] == "desa_paper"
+    assert "DESA objective desa_paper" in info and "fingerprint" in info
+    assert "Simulated survey" in ex.header().objects[0].object
