@@ -27,6 +27,7 @@ PAIRED_COLUMNS = (("binary_auc", "binary AUC"), ("age_rmse_gyr", "age RMSE [Gyr]
                   ("hr_r2", "HR R²"), ("sync_young_bacc", "sync/young bacc"), ("neighbour_quality", "neighbour q."))
 # Higher is better except for the age errors; used to bold the best label-free value per column.
 LOWER_IS_BETTER = {"age_rmse_gyr", "age_mae_gyr"}
+NOT_RANKED = {"age_coverage"}   # a coverage is right at its nominal value, not "best" when highest
 
 
 def _model_keys(metrics: dict) -> list[str]:
@@ -52,6 +53,8 @@ def markdown_table(metrics: dict, section: str | None = None) -> str:
     rows = {k: (metrics[k].get(section) or {}) if section else metrics[k] for k in keys}
     best = {}
     for col, _ in COLUMNS:
+        if col in NOT_RANKED:
+            continue
         vals = [rows[k].get(col) for k in keys if rows[k].get(col) is not None
                 and not metrics[k].get("leaks_labels") and not metrics[k].get("oracle")]
         if vals:
@@ -154,6 +157,8 @@ def strongest_models(metrics: dict, n: int) -> list[str]:
             and not metrics[k].get("leaks_labels") and not metrics[k].get("oracle")]
     ranks = {k: [] for k in cand}
     for col, _ in COLUMNS:
+        if col in NOT_RANKED:
+            continue
         vals = [(metrics[k].get(col), k) for k in cand if metrics[k].get(col) is not None]
         vals.sort(reverse=col not in LOWER_IS_BETTER)
         for r, (_, k) in enumerate(vals):
