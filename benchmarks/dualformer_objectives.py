@@ -58,6 +58,10 @@ VARIANTS = {
     "crossview_contrastive": {"crossview": True, "contrastive_term": True},
     # the library's self-attention ablation (streams independent) with the InfoNCE term
     "self_contrastive": {"attention_type": "self", "contrastive_term": True},
+    # the library's fusion objectives (DualFormerConfig.objective), as `desa evaluate` trains desa_comm etc.
+    "comm": {"objective": "comm"},
+    "masked": {"objective": "masked"},
+    "shared_unique": {"objective": "shared_unique", "attention_type": "self"},
 }
 BASELINES = ("simsiam", "clip", "vicreg", "moco")
 log = logging.getLogger("dualformer_objectives")

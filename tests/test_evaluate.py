@@ -298,3 +298,17 @@ def test_paired_difference_interval():
     same = paired_difference([0.5, 0.6, 0.4], [0.55, 0.5, 0.45])
     assert same["ci95"][0] < 0 < same["ci95"][1]
     assert paired_difference([0.5], [0.4]) is None
+
+
+def test_evaluate_cli_takes_seeds_and_refuses_bad_ones(fake_run, tmp_path, capsys):
+    from desa_core.cli import main
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--run", str(fake_run), "--out", str(out), "--models", "concat,lc_only",
+                 "--seeds", "0,2"]) == 0
+    m = json.loads(out.read_text())
+    assert m["_meta"]["seeds"] == [0, 2] and m["lc_only"]["seeds"]["values"] == [0, 2]
+    assert "vs_concat" in m["lc_only"] and "cmd_r2" in m["lc_only"]["vs_concat"]
+    assert main(["evaluate", "--run", str(fake_run), "--out", str(out), "--seeds", "1,1"]) == 1
+    assert "seeds must be distinct" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(fake_run), "--out", str(out), "--seeds", "0"]) == 1
+    assert "seeds must be >= 1" in capsys.readouterr().err
