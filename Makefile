@@ -12,7 +12,7 @@ PORT ?= 5006
 STARS ?=
 SEED ?= 42
 
-.PHONY: setup test demo survey model artifacts serve browser-deps benchmarks clean-demo
+.PHONY: setup test demo survey model artifacts serve browser-deps evaluate clean-demo
 
 # torch is installed first, pinned to the local CPU build; the project then only declares a range (torch>=2.4),
 # so pip keeps whatever torch (CPU or CUDA) is already there.
@@ -56,8 +56,9 @@ serve: setup
 demo: artifacts
 	$(MAKE) serve
 
-benchmarks: setup
-	$(PY) benchmarks/run_all.py
+# The multi-seed evaluation of the demo run (docs/evaluation.md; ~17 min on 2 cores).
+evaluate: $(RUN)/DONE
+	$(DESA) evaluate --run $(RUN) --out $(RUN)/metrics.json
 
 clean-demo:
 	rm -rf $(SURVEY) $(RUN) $(ARTIFACTS)
