@@ -278,19 +278,17 @@ def neighbour_quality(embedding, numeric: dict, categorical: dict, query_mask, p
                          f"(got {len(q_rows)} and {len(p_rows)})")
     ok = np.isfinite(x).all(1)
     q_rows, p_rows = q_rows[ok[q_rows]], p_rows[ok[p_rows]]
-    pool = x[p_rows] - x[p_rows].mean(0)
+    from desa_core.index import normalize_rows   # the cosine of the dashboard's FAISS indexes
     centre = x[p_rows].mean(0)
-    pool /= np.maximum(np.linalg.norm(pool, axis=1, keepdims=True), 1e-12)
+    pool = normalize_rows(x[p_rows] - centre)
     nn = np.empty((len(q_rows), k), dtype=np.int64)
-    pos_in_pool = {int(r): i for i, r in enumerate(p_rows)}
+    pos_in_pool = np.full(len(x), -1, np.int64)
+    pos_in_pool[p_rows] = np.arange(len(p_rows))
     for i0 in range(0, len(q_rows), 1024):
         rows = q_rows[i0:i0 + 1024]
-        q = x[rows] - centre
-        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        sim = q @ pool.T
-        for j, r in enumerate(rows):          # never the star itself
-            if int(r) in pos_in_pool:
-                sim[j, pos_in_pool[int(r)]] = -np.inf
+        sim = normalize_rows(x[rows] - centre) @ pool.T
+        own = pos_in_pool[rows]
+        sim[np.flatnonzero(own >= 0), own[own >= 0]] = -np.inf   # never the star itself
         part = np.argpartition(-sim, k, axis=1)[:, :k]
         nn[i0:i0 + len(rows)] = p_rows[part]
     rng = np.random.default_rng(seed)
