@@ -62,6 +62,10 @@ VARIANTS = {
     "comm": {"objective": "comm"},
     "masked": {"objective": "masked"},
     "shared_unique": {"objective": "shared_unique", "attention_type": "self"},
+    # the encoders' last blocks trained with the objective (finetune_last_block), as `desa evaluate` trains
+    # desa_finetune and desa_comm_finetune
+    "finetune": {"finetune_last_block": True},
+    "comm_finetune": {"objective": "comm", "finetune_last_block": True},
 }
 BASELINES = ("simsiam", "clip", "vicreg", "moco")
 log = logging.getLogger("dualformer_objectives")
@@ -87,7 +91,7 @@ def dev_features(run: Path, dev_survey: Path, seed: int, dev_run: Path):
         ck = run / "checkpoints"
         lc = tr._load_pretrainer(tr.LightCurvePretrainer, cfg.light_curve, ck / "light_curve_encoder.pt", cfg.train)
         sp = tr._load_pretrainer(tr.SpectraPretrainer, cfg.spectra, ck / "spectra_encoder.pt", cfg.train)
-        st.stage_features(ctx, lc.encoder, sp.encoder)   # its encode_batches runs under no_grad
+        st.stage_features(ctx, lc.encoder, sp.encoder)   # runs under no_grad
     return load_features(dev_run), SurveyStore.open(dev_survey).catalog
 
 
@@ -166,9 +170,26 @@ def crossview_prototype():
     return CrossViewDualFormer
 
 
+FINETUNE = {}   # 'tails', 'run', 'dev': the pretrained encoder tails and the two surveys' PenultimateInputs
+
+
+def finetune_setup(run: Path, dev_run: Path, dev_survey: Path) -> None:
+    from desa_core.data.store import SurveyStore
+    from desa_core.evaluate.run import finetune_inputs
+    from desa_core.rundir import RunDir
+    from desa_core.train import distributed as ddp
+    from desa_core.train import stages as st
+    FINETUNE["tails"], FINETUNE["run"] = finetune_inputs(run)
+    rd = RunDir.open(run)
+    lc, sp = rd.encoders(fine_tuned=False)
+    ctx = st.RunContext(dev_run, SurveyStore.open(dev_survey), rd.config, ddp.current())
+    FINETUNE["dev"] = st.penultimate_inputs(ctx, lc, sp)
+
+
 def train_variant(feats, cfg, over: dict, seed: int):
     import desa_core.train.alignment as al
     over = dict(over)
+    ft = {"tails": FINETUNE["tails"], "penultimate": FINETUNE["run"]} if over.get("finetune_last_block") else {}
     pw = over.pop("prediction_weight", None)
     cv = over.pop("crossview", False)
     tcfg = dataclasses.replace(cfg.train, **over.pop("train", {}))
@@ -185,7 +206,7 @@ def train_variant(feats, cfg, over: dict, seed: int):
     saved = al.DualFormer, al.objective_loss
     al.DualFormer, al.objective_loss = cls, objective
     try:
-        return al.train_dualformer(feats, dataclasses.replace(cfg.dualformer, **over), tcfg, seed=seed)
+        return al.train_dualformer(feats, dataclasses.replace(cfg.dualformer, **over), tcfg, seed=seed, **ft)
     finally:
         al.DualFormer, al.objective_loss = saved
 
@@ -221,6 +242,8 @@ def main() -> None:
     ap.add_argument("--dev-seed", type=int, default=7)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-baselines", action="store_true",
+                    help="skip the four alignment baselines; keep the other results already in --out")
     ap.add_argument("--out", default="benchmarks/results/dualformer_objectives.json")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -229,7 +252,7 @@ def main() -> None:
     from desa_core.evaluate.run import _raw_representation, open_run
     from desa_core.models.baselines import BaselineConfig, embed_alignment_baseline, fit_alignment_baseline
     from desa_core.rundir import FrozenFeatures, RunDir
-    from desa_core.train.alignment import embed_dualformer
+    from desa_core.train.alignment import embed_dualformer, finetuned_features
     torch.set_num_threads(a.threads)
     run = Path(a.run)
     inp = open_run(run)
@@ -238,6 +261,10 @@ def main() -> None:
     score = Scorer(feats, cat, dev_feats, dev_cat)
     both = feats.has_lc & feats.has_spec
     results = {}
+    if a.no_baselines and Path(a.out).is_file():
+        results = json.loads(Path(a.out).read_text()).get("results", {})
+    if any(VARIANTS[v].get("finetune_last_block") for v in a.variants.split(",") if v):
+        finetune_setup(run, run / f"dev_features_seed{a.dev_seed}", Path(a.dev_survey))
 
     def record(name, emb_dev, head_run, head_dev, **extra):
         results[name] = {**score(emb_dev, head_run, head_dev), **extra}
@@ -247,7 +274,11 @@ def main() -> None:
                                            "variants": VARIANTS, "results": results}, indent=2))
 
     def desa(name, model, over, seed=0, **extra):
-        o_run, o_dev = embed_dualformer(model, feats), embed_dualformer(model, dev_feats)
+        f_run, f_dev = feats, dev_feats
+        if model.tails is not None:   # finetune_last_block: the fine-tuned blocks' features of both surveys
+            f_run = finetuned_features(model, feats, FINETUNE["run"])
+            f_dev = finetuned_features(model, dev_feats, FINETUNE["dev"])
+        o_run, o_dev = embed_dualformer(model, f_run), embed_dualformer(model, f_dev)
         head = lambda o: np.concatenate([o["p_s"], o["p_l"]], 1)   # noqa: E731
         init = train_variant(feats, cfg, {**over, "train": {"align_epochs": 0}}, seed=seed)
         record(name, np.asarray(o_dev["embedding"]), head(o_run), head(o_dev), **extra,
@@ -260,7 +291,7 @@ def main() -> None:
     x = _raw_representation("concat", both_f, np.r_[score.train, np.zeros(len(dev_feats), bool)]).embedding
     record("concat", x[len(feats):], x[:len(feats)], x[len(feats):])
     bcfg = BaselineConfig(out_dim=int(cfg.dualformer.dim), hidden_dim=max(64, 4 * int(cfg.dualformer.dim)))
-    for k in BASELINES:
+    for k in () if a.no_baselines else BASELINES:
         t = time.time()
         m, _ = fit_alignment_baseline(feats.z_lc, feats.z_spec, score.train & both, score.val & both, k, bcfg, 0, False)
         e = embed_alignment_baseline(m, feats.z_lc, feats.z_spec, feats.has_lc, feats.has_spec)

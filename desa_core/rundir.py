@@ -3,6 +3,7 @@
     run = RunDir.open("runs/small")          # validates run_manifest.json and the config once
     run.config, run.manifest, run.is_done, run.fingerprint
     feats = run.features()                   # FrozenFeatures of every star (RUN/features.npz)
+    feats = run.desa_features()              # ... what the DualFormer reads (fine-tuned encoders if so configured)
     lc, sp = run.encoders()                  # frozen LightCurveEncoder, SpectraEncoder
     model = run.dualformer()                 # the finalised DualFormer
     heads = run.heads()                      # binary + age heads (RUN/checkpoints/heads.pt)
@@ -17,6 +18,8 @@ Layout::
     checkpoints/<stage>.partial.pt   last epoch of an interrupted stage
     checkpoints/heads.pt         fine-tuned heads (a self-describing dict)
     features.npz                 frozen encoder features of every star
+    features_finetuned.npz       finetune_last_block runs: the features of the fine-tuned encoders (what the
+                                 DualFormer reads; RunDir.desa_features)
     eval_cache/                  representations `desa evaluate` trained (reused by the next evaluation)
     DONE                         written last, when every stage is complete
 
@@ -41,6 +44,7 @@ from desa_core.models.config import DesaConfig, config_from_dict
 
 MANIFEST = "run_manifest.json"
 FEATURES = "features.npz"
+FINETUNED_FEATURES = "features_finetuned.npz"
 DONE = "DONE"
 CHECKPOINTS = "checkpoints"
 # The final weights that make the embedding; their sha256 is the model's fingerprint.
@@ -163,6 +167,10 @@ class RunDir:
         return self.path / FEATURES
 
     @property
+    def finetuned_features_path(self) -> Path:
+        return self.path / FINETUNED_FEATURES
+
+    @property
     def done_path(self) -> Path:
         return self.path / DONE
 
@@ -238,7 +246,18 @@ class RunDir:
         save_state(obj, self.checkpoint(stage))
 
     def features(self) -> FrozenFeatures:
+        """The pretrained encoders' frozen features (what the baselines and concatenation read)."""
         return load_features(self.features_path)
+
+    @property
+    def desa_features_path(self) -> Path:
+        """features.npz, or for a ``finetune_last_block`` run features_finetuned.npz."""
+        return self.finetuned_features_path if self.config.dualformer.finetune_last_block else self.features_path
+
+    def desa_features(self) -> FrozenFeatures:
+        """What the run's DualFormer reads: :meth:`features`, or for a ``finetune_last_block`` run the features
+        of its fine-tuned encoders (written by the dualformer stage)."""
+        return load_features(self.desa_features_path)
 
     @property
     def fingerprint(self) -> str:
@@ -251,8 +270,10 @@ class RunDir:
             h.update(p.read_bytes())
         return h.hexdigest()
 
-    def encoders(self):
-        """(LightCurveEncoder, SpectraEncoder) with the run's trained weights, in eval mode."""
+    def encoders(self, fine_tuned: bool = True):
+        """(LightCurveEncoder, SpectraEncoder) with the run's trained weights, in eval mode. For a
+        ``finetune_last_block`` run their last blocks are the DualFormer's fine-tuned ones (what the embedding
+        was trained on) unless ``fine_tuned=False`` (the pretrained encoders)."""
         from desa_core.models.light_curve_encoder import LightCurveEncoder
         from desa_core.models.spectra_encoder import SpectraEncoder
         cfg = self.config
@@ -262,13 +283,17 @@ class RunDir:
                 net.load_state_dict(_sub_state(self.load_state(stage), "encoder."))
             except RuntimeError as e:
                 raise RunDirError(f"{self.checkpoint(stage)}: does not match the run's config ({e})") from e
+        if fine_tuned and cfg.dualformer.finetune_last_block:
+            self.dualformer().tails.load_into(lc, sp)
         return lc.eval(), sp.eval()
 
     def dualformer(self, device="cpu"):
         """The run's trained, finalised DualFormer (eval mode)."""
         from desa_core.models.dualformer import DualFormer
+        from desa_core.models.encoder_tails import EncoderTails
         cfg = self.config
-        model = DualFormer(cfg.dualformer, cfg.spectra.out_dim, cfg.light_curve.out_dim)
+        tails = EncoderTails.skeleton(cfg.light_curve, cfg.spectra) if cfg.dualformer.finetune_last_block else None
+        model = DualFormer(cfg.dualformer, cfg.spectra.out_dim, cfg.light_curve.out_dim, tails=tails)
         path = self.checkpoint("dualformer")
         try:
             model.load_state_dict(self.load_state("dualformer"))

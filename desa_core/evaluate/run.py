@@ -73,6 +73,8 @@ ABLATIONS = {
     "desa_comm": {"objective": "comm"},
     "desa_masked": {"objective": "masked"},
     "desa_shared_unique": {"objective": "shared_unique", "attention_type": "self"},
+    "desa_finetune": {"finetune_last_block": True},
+    "desa_comm_finetune": {"objective": "comm", "finetune_last_block": True},
 }
 NO_ABSMAG_KEY = "desa_no_absmag"
 # Ablations retrain a DualFormer each (the costly part of `desa evaluate`): their epochs are capped.
@@ -105,6 +107,10 @@ MODEL_DESCRIPTIONS = {
                     "feature tokens masked and predicted from the rest of both)"),
     "desa_shared_unique": ("DESA with a DeCUR-style common / unique split of h (self-attention streams): half the "
                            "dimensions correlated across modalities, half decorrelated, Barlow Twins within each"),
+    "desa_finetune": ("DESA (the paper's objective) with the last block of each encoder fine-tuned during "
+                      "alignment (finetune_last_block) instead of frozen"),
+    "desa_comm_finetune": ("DESA with the CoMM objective and the last block of each encoder fine-tuned during "
+                           "alignment (finetune_last_block), as CoMM trains its encoders"),
     "desa_label_conditioned": ("LEAKS LABELS: DESA with catalogue " + ", ".join(CONDITIONING_LABELS)
                                + " appended to h (the public code's configuration)"),
     NO_ABSMAG_KEY: "DESA ablation: light-curve encoder without the absolute-magnitude channel",
@@ -229,15 +235,45 @@ def ablation_train_config(cfg):
     return dataclasses.replace(cfg.train, align_epochs=min(int(cfg.train.align_epochs), ABLATION_MAX_EPOCHS))
 
 
-def _ablation_representation(key, overrides, feats, cfg, catalog, seed, device, tcfg=None) -> Representation:
+_FINETUNE_INPUTS: dict = {}
+
+
+def finetune_inputs(run: Path):
+    """(pretrained EncoderTails, PenultimateInputs) of a run's survey, for ``finetune_last_block`` models
+    (computed once per run into RUN/cache/penultimate/, kept for the process)."""
+    key = str(Path(run).resolve())
+    if key not in _FINETUNE_INPUTS:
+        from desa_core.data.store import SurveyStore
+        from desa_core.models.encoder_tails import EncoderTails
+        from desa_core.train import distributed as ddp
+        from desa_core.train import stages as st
+        rd = RunDir.open(run)
+        lc, sp = rd.encoders(fine_tuned=False)
+        ctx = st.RunContext(rd.path, SurveyStore.open(rd.survey_path), rd.config, ddp.current())
+        _FINETUNE_INPUTS[key] = (EncoderTails.from_encoders(lc, sp), st.penultimate_inputs(ctx, lc, sp))
+    return _FINETUNE_INPUTS[key]
+
+
+def _ablation_representation(key, overrides, feats, cfg, catalog, seed, device, tcfg=None, run=None
+                             ) -> Representation:
     """A DualFormer with the run's config plus ``overrides``, trained here on the frozen features (``tcfg``:
-    the training config, default the ablations' capped one; ``align_epochs=0`` gives the untrained model)."""
+    the training config, default the ablations' capped one; ``align_epochs=0`` gives the untrained model).
+    A ``finetune_last_block`` model also trains the encoders' last blocks (``run``: where they come from) and
+    is embedded from the features of its fine-tuned blocks."""
     from desa_core.models.dualformer import conditioning_labels
-    from desa_core.train.alignment import train_dualformer
+    from desa_core.train.alignment import finetuned_features, train_dualformer
     dcfg = dataclasses.replace(cfg.dualformer, **overrides)
     tcfg = ablation_train_config(cfg) if tcfg is None else tcfg
     labels = conditioning_labels(catalog) if dcfg.label_conditioned else None
-    model = train_dualformer(feats, dcfg, tcfg, seed=seed, device=device, labels=labels)
+    tails = penultimate = None
+    if dcfg.finetune_last_block:
+        if run is None:
+            raise ValueError(f"{key}: finetune_last_block needs the run folder (its encoders and survey)")
+        tails, penultimate = finetune_inputs(run)
+    model = train_dualformer(feats, dcfg, tcfg, seed=seed, device=device, labels=labels, tails=tails,
+                             penultimate=penultimate)
+    if penultimate is not None:
+        feats = finetuned_features(model, feats, penultimate)
     rep = _dualformer_outputs(model, feats, labels)
     rep.info.update(dualformer_overrides=overrides, max_epochs=tcfg.align_epochs)
     return rep
@@ -487,14 +523,14 @@ def _build(key, run, feats, cfg, catalog, train, val, bcfg, seed, device, progre
             model = load_desa_model(run)
         except FileNotFoundError as e:
             raise _Unavailable(f"no trained DualFormer in {run} ({e})") from e
-        return _dualformer_outputs(model, feats)
+        return _dualformer_outputs(model, RunDir(run).desa_features())
     if key == "desa":   # the run's config, retrained with another seed on the same frozen features
         sig = _signature(CACHE_VERSION, key, feat_sha, asdict(cfg.dualformer), asdict(cfg.train), seed)
         return _cached(cache_dir, name, sig, lambda: _ablation_representation(key, {}, feats, cfg, catalog, seed,
-                                                                            device, tcfg=cfg.train))
+                                                                            device, tcfg=cfg.train, run=run))
     if key == UNTRAINED_KEY:
         tcfg = dataclasses.replace(cfg.train, align_epochs=0)
-        return _ablation_representation(key, {}, feats, cfg, catalog, seed, device, tcfg=tcfg)
+        return _ablation_representation(key, {}, feats, cfg, catalog, seed, device, tcfg=tcfg, run=run)
     if key in ("lc_only", "spec_only", "concat"):
         return _raw_representation(key, feats, train)
     if key in BASELINE_KEYS:
@@ -502,10 +538,16 @@ def _build(key, run, feats, cfg, catalog, train, val, bcfg, seed, device, progre
         return _cached(cache_dir, name, sig, lambda: _baseline_representation(key, feats, train, val, bcfg, seed,
                                                                             progress))
     if key in ABLATIONS:
+        if ABLATIONS[key].get("finetune_last_block"):
+            missing = [c for c in ("light_curve_encoder", "spectra_encoder")
+                       if not RunDir(run).checkpoint(c).is_file()]
+            if missing:
+                raise _Unavailable(f"fine-tunes the last block of each encoder, but {RunDir(run).checkpoints} has "
+                                   f"no {' or '.join(m + '.pt' for m in missing)}")
         sig = _signature(CACHE_VERSION, key, feat_sha, asdict(cfg.dualformer), asdict(ablation_train_config(cfg)),
                          ABLATIONS[key], seed)
         return _cached(cache_dir, name, sig, lambda: _ablation_representation(key, ABLATIONS[key], feats, cfg,
-                                                                            catalog, seed, device))
+                                                                            catalog, seed, device, run=run))
     if key == NO_ABSMAG_KEY:
         path = no_absmag_features_path(run)
         if path is None:

@@ -134,6 +134,12 @@ class DualFormerConfig:
     #   correlation 0; within each modality, two augmented views are pulled together (Barlow Twins). Needs
     #   attention_type 'self' (each stream reads only its own modality, as DeCUR's two encoders).
     objective: str = "desa_paper"
+    # Fine-tune the last block of each encoder during alignment instead of reading frozen features
+    # (desa_core/models/encoder_tails.py): the light curve's last Conformer block and projector, the spectrum's
+    # last Conformer block and final norm, at finetune_lr_factor x align_lr. Any objective but 'masked', whose
+    # targets are the features themselves (trainable features could make them trivially predictable).
+    finetune_last_block: bool = False
+    finetune_lr_factor: float = 0.1
     mask_ratio: float = 0.5
     shared_fraction: float = 0.5
     barlow_offdiag_weight: float = 0.005
@@ -155,6 +161,11 @@ class DualFormerConfig:
         if self.objective == "shared_unique" and self.attention_type != "self":
             raise ValueError("objective shared_unique needs attention_type 'self' (each stream reads only its own "
                              "modality; with cross-attention 'unique' dimensions could read the other modality)")
+        if self.finetune_last_block and self.objective == "masked":
+            raise ValueError("finetune_last_block does not combine with objective 'masked': its targets are the "
+                             "features, which fine-tuning could make constant (and so trivially predictable)")
+        if not self.finetune_lr_factor > 0:
+            raise ValueError(f"finetune_lr_factor must be > 0, got {self.finetune_lr_factor}")
         if not 0.0 < self.mask_ratio < 1.0 or not 0.0 < self.shared_fraction < 1.0:
             raise ValueError(f"mask_ratio and shared_fraction must be in (0, 1), got {self.mask_ratio}, "
                              f"{self.shared_fraction}")

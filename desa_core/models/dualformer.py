@@ -96,9 +96,17 @@ class DualFormer(nn.Module):
     """forward(z_spec, z_lc, has_spec, has_lc, labels=None) -> dict h_s, h_l, p_s, p_l (+ 'embedding' once
     finalised)."""
 
-    def __init__(self, cfg: DualFormerConfig, d_spec: int, d_lc: int):
+    def __init__(self, cfg: DualFormerConfig, d_spec: int, d_lc: int, tails: nn.Module | None = None):
         super().__init__()
         self.cfg, self.d_spec, self.d_lc = cfg, int(d_spec), int(d_lc)
+        if cfg.finetune_last_block and tails is None:
+            raise ValueError("finetune_last_block: the DualFormer needs the encoder tails it fine-tunes "
+                             "(EncoderTails.from_encoders, or EncoderTails.skeleton to load a trained one)")
+        if tails is not None and not cfg.finetune_last_block:
+            raise ValueError("encoder tails given to a DualFormer without finetune_last_block")
+        # The encoders' last blocks, trained with the objective (finetune_last_block); they turn
+        # PenultimateInputs into the z_spec / z_lc this model reads (desa_core/models/encoder_tails.py).
+        self.tails = tails
         self.n_labels = len(CONDITIONING_LABELS) if cfg.label_conditioned else 0
         if cfg.token_lifting == "shared":
             self.lift = nn.Linear(1, cfg.dim)

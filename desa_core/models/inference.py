@@ -99,10 +99,11 @@ class Embedder:
 
     # ----------------------------------------------------------------------------------------------- API
     def _training_features(self, store):
-        """The run's features.npz when ``store`` is the survey it was trained on (same manifest), else None."""
+        """The run's features (RunDir.desa_features_path) when ``store`` is the survey it was trained on (same
+        manifest), else None."""
         if self.run_dir is None or not self.survey_sha256:
             return None
-        fpath = RunDir(self.run_dir).features_path
+        fpath = RunDir(self.run_dir).desa_features_path
         mpath = Path(store.path) / "manifest.json"
         if not fpath.is_file() or not mpath.is_file():
             return None

@@ -31,6 +31,22 @@ class Sine(nn.Module):
         return torch.sin(self.w0 * x)
 
 
+def _block(cfg: LightCurveEncoderConfig) -> ConformerBlock:
+    return ConformerBlock(cfg.width, cfg.heads, cfg.conv_kernel, cfg.ffn_mult, macaron=False, post_norm=cfg.post_norm,
+                          rotary_fraction=cfg.rotary_fraction, dropout=cfg.dropout)
+
+
+def _projector(cfg: LightCurveEncoderConfig) -> nn.Sequential:
+    d, h = cfg.cnn_channels[-1] + cfg.width, cfg.projector_hidden
+    return nn.Sequential(nn.Linear(d, h), nn.LayerNorm(h), nn.GELU(), nn.Linear(h, h), nn.LayerNorm(h), nn.GELU(),
+                         nn.Linear(h, cfg.out_dim))
+
+
+def light_curve_tail_skeleton(cfg: LightCurveEncoderConfig) -> nn.ModuleDict:
+    """Freshly initialised modules shaped like :meth:`LightCurveEncoder.tail_modules` (to load weights into)."""
+    return nn.ModuleDict({"block": _block(cfg) if cfg.depth else nn.Identity(), "projector": _projector(cfg)})
+
+
 class LightCurveEncoder(nn.Module):
     def __init__(self, cfg: LightCurveEncoderConfig):
         super().__init__()
@@ -42,28 +58,37 @@ class LightCurveEncoder(nn.Module):
             c_in = c
         self.cnn = nn.Sequential(*layers)
         self.patch = nn.Conv1d(2, cfg.width, cfg.patch, stride=cfg.patch)
-        self.conformer = nn.ModuleList(
-            ConformerBlock(cfg.width, cfg.heads, cfg.conv_kernel, cfg.ffn_mult, macaron=False,
-                           post_norm=cfg.post_norm, rotary_fraction=cfg.rotary_fraction, dropout=cfg.dropout)
-            for _ in range(cfg.depth))
-        d = cfg.cnn_channels[-1] + cfg.width
-        self.projector = nn.Sequential(
-            nn.Linear(d, cfg.projector_hidden), nn.LayerNorm(cfg.projector_hidden), nn.GELU(),
-            nn.Linear(cfg.projector_hidden, cfg.projector_hidden), nn.LayerNorm(cfg.projector_hidden), nn.GELU(),
-            nn.Linear(cfg.projector_hidden, cfg.out_dim))
+        self.conformer = nn.ModuleList(_block(cfg) for _ in range(cfg.depth))
+        self.projector = _projector(cfg)
 
     @property
     def out_dim(self) -> int:
         return self.cfg.out_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def penultimate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 4, L) -> (CNN branch summary (B, c), tokens before the last Conformer block (B, n, width)):
+        what :func:`light_curve_tail` finishes (alignment's ``finetune_last_block`` caches these)."""
         if x.ndim != 3 or x.shape[1] != self.cfg.in_channels:
             raise ValueError(f"light-curve encoder expects (B, {self.cfg.in_channels}, L), got {tuple(x.shape)}")
         a = self.cnn(x[:, 2:4]).mean(-1)
         t = self.patch(x[:, 0:2]).transpose(1, 2)
-        for blk in self.conformer:
+        for blk in self.conformer[:-1]:
             t = blk(t)
-        return self.projector(torch.cat([a, t.mean(1)], dim=-1))
+        return a, t
+
+    def tail_modules(self) -> nn.ModuleDict:
+        """The parts after :meth:`penultimate`: the last Conformer block (if any) and the projector."""
+        return nn.ModuleDict({"block": self.conformer[-1] if len(self.conformer) else nn.Identity(),
+                              "projector": self.projector})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return light_curve_tail(self.tail_modules(), *self.penultimate(x))
+
+
+def light_curve_tail(tail: nn.ModuleDict, summary: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The light-curve encoder after :meth:`LightCurveEncoder.penultimate`: last block, mean over tokens,
+    concatenation with the CNN summary, projector."""
+    return tail["projector"](torch.cat([summary, tail["block"](tokens).mean(1)], dim=-1))
 
 
 def simsiam_loss(p1, z1, p2, z2) -> torch.Tensor:

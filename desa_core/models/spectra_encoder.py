@@ -19,6 +19,16 @@ from desa_core.models.config import SpectraEncoderConfig
 from desa_core.models.layers import ConformerBlock, pinball_loss
 
 
+def _block(cfg: SpectraEncoderConfig) -> ConformerBlock:
+    return ConformerBlock(cfg.width, cfg.heads, cfg.conv_kernel, cfg.ffn_mult, macaron=cfg.macaron,
+                          post_norm=cfg.post_norm, rotary_fraction=cfg.rotary_fraction, dropout=cfg.dropout)
+
+
+def spectra_tail_skeleton(cfg: SpectraEncoderConfig) -> nn.ModuleDict:
+    """Freshly initialised modules shaped like :meth:`SpectraEncoder.tail_modules` (to load weights into)."""
+    return nn.ModuleDict({"block": _block(cfg) if cfg.depth else nn.Identity(), "norm": nn.LayerNorm(cfg.width)})
+
+
 class SpectraEncoder(nn.Module):
     def __init__(self, cfg: SpectraEncoderConfig):
         super().__init__()
@@ -36,27 +46,39 @@ class SpectraEncoder(nn.Module):
             c_in = c
         self.stem = nn.Sequential(*layers)
         self.to_width = nn.Linear(c_in, cfg.width) if c_in != cfg.width else nn.Identity()
-        self.conformer = nn.ModuleList(
-            ConformerBlock(cfg.width, cfg.heads, cfg.conv_kernel, cfg.ffn_mult, macaron=cfg.macaron,
-                           post_norm=cfg.post_norm, rotary_fraction=cfg.rotary_fraction, dropout=cfg.dropout)
-            for _ in range(cfg.depth))
+        self.conformer = nn.ModuleList(_block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width)
 
     @property
     def out_dim(self) -> int:
         return self.cfg.width
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, L) -> Conformer output tokens (B, n_tokens, width)."""
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, L) -> tokens before the last Conformer block (B, n_tokens, width)."""
         if x.ndim != 3 or x.shape[1] != 1:
             raise ValueError(f"spectra encoder expects (B, 1, L), got {tuple(x.shape)}")
         t = self.to_width(self.stem(x).transpose(1, 2))
-        for blk in self.conformer:
+        for blk in self.conformer[:-1]:
             t = blk(t)
-        return self.norm(t)
+        return t
+
+    def tail_modules(self) -> nn.ModuleDict:
+        """The parts after :meth:`penultimate`: the last Conformer block (if any) and the final norm."""
+        return nn.ModuleDict({"block": self.conformer[-1] if len(self.conformer) else nn.Identity(),
+                              "norm": self.norm})
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, L) -> Conformer output tokens (B, n_tokens, width)."""
+        tail = self.tail_modules()
+        return tail["norm"](tail["block"](self.penultimate(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tokens(x).mean(1)
+        return spectra_tail(self.tail_modules(), self.penultimate(x))
+
+
+def spectra_tail(tail: nn.ModuleDict, tokens: torch.Tensor) -> torch.Tensor:
+    """The spectra encoder after :meth:`SpectraEncoder.penultimate`: last block, norm, mean over tokens."""
+    return tail["norm"](tail["block"](tokens)).mean(1)
 
 
 class SpectraDecoder(nn.Module):

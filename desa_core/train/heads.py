@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def desa_head_input(run_dir: str | os.PathLike):
     """(features, catalogue joined on star_id with the run's split, [p_s ; p_l] of every star)."""
     run = RunDir.open(run_dir)
-    feats = run.features()
+    feats = run.desa_features()
     return feats, run.catalog(feats), head_input(embed_dualformer(run.dualformer(), feats))
 
 

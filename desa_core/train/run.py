@@ -189,7 +189,12 @@ def train(survey, config="small", out="runs/small", stages=None, device=None) ->
         elif stage == "dualformer":
             if not (rd.features_path).is_file():
                 raise ValueError(f"{run_dir}: stage dualformer needs the features stage first (features.npz)")
-            model = st.stage_dualformer(ctx)
+            encoders = ()
+            if cfg.dualformer.finetune_last_block:   # the last blocks are trained from the pretrained ones
+                encoders = tuple(_load_pretrainer(cls, sec, rd.checkpoint(stg), tc).encoder for cls, sec, stg in (
+                    (LightCurvePretrainer, cfg.light_curve, "light_curve_encoder"),
+                    (SpectraPretrainer, cfg.spectra, "spectra_encoder")))
+            model = st.stage_dualformer(ctx, *encoders)
             finish(stage, model.state_dict(), t0, {"eigenvalues": [round(float(v), 6) for v in model.eigenvalues]})
 
     mine_done = all(complete(s) for s in st.STAGES)

@@ -35,11 +35,12 @@ from desa_core.data.preprocess import (LUMINOSITY_COLUMN, RV_COLUMN, clean_light
 from desa_core.data.store import (SurveyStore, atomic_write_bytes, atomic_write_json, catalog_column,
                                   sha256_file)
 from desa_core.models.config import DesaConfig, TrainConfig
+from desa_core.models.encoder_tails import EncoderTails, PenultimateInputs
 from desa_core.models.light_curve_encoder import LightCurvePretrainer
 from desa_core.models.spectra_encoder import SpectraPretrainer
 from desa_core.rundir import FrozenFeatures, RunDir, save_features
 from desa_core.train import distributed as ddp
-from desa_core.train.alignment import train_dualformer_stage
+from desa_core.train.alignment import finetuned_features, train_dualformer_stage
 from desa_core.train.loop import (CsvLog, autocast, batch_means, fit_epochs, lr_at, make_optimizer, optimizer_step,
                                   seed_for, set_lr)
 
@@ -311,47 +312,57 @@ def stage_spectra_encoder(ctx: RunContext) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------- stage 3: features
+def _usable(ctx: RunContext, cache: Cache) -> tuple[np.ndarray, np.ndarray]:
+    """(has_lc, has_spec) per catalogue row: the star has the modality and its preprocessing succeeded."""
+    cat = ctx.store.catalog
+    lc_rows, spec_rows = cat["lc_row"].to_numpy(np.int64), cat["spec_row"].to_numpy(np.int64)
+    has_lc = lc_rows >= 0
+    has_lc[has_lc] = cache.lc_ok[lc_rows[has_lc]]
+    has_spec = spec_rows >= 0
+    has_spec[has_spec] = cache.spec_ok[spec_rows[has_spec]]
+    return has_lc, has_spec
+
+
 @torch.no_grad()
-def encode_batches(encoder, inputs: torch.Tensor, device, batch_size: int) -> np.ndarray:
-    """Run a frozen encoder over inputs in batches -> (N, out_dim) float32."""
-    out = [encoder(inputs[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(inputs), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, encoder.out_dim), np.float32)
+def _encode_store(ctx: RunContext, cache: Cache, lc_fn, spec_fn, lc_out: list, spec_out: list, what: str) -> None:
+    """Run ``lc_fn`` / ``spec_fn`` (input batch -> tensor or tuple of tensors) over every usable star (centre
+    crops) and write row by row into the arrays ``lc_out`` / ``spec_out`` (one per output, catalogue order)."""
+    has_lc, has_spec = _usable(ctx, cache)
+    bs, dev = ctx.cfg.train.feature_batch_size, ctx.info.device
+    spec_rows = ctx.store.catalog["spec_row"].to_numpy(np.int64)
+
+    def put(outs, b, y):
+        for arr, part in zip(outs, y if isinstance(y, tuple) else (y,)):
+            arr[b] = part.float().cpu().numpy()
+
+    idx = np.flatnonzero(has_lc)
+    for i in tqdm(range(0, len(idx), bs), desc=f"light-curve {what}", mininterval=2.0, disable=len(idx) < 10 * bs):
+        b = idx[i:i + bs]
+        put(lc_out, b, lc_fn(light_curve_inputs(ctx, cache, b, None).to(dev)))
+    idx = np.flatnonzero(has_spec)
+    for i in tqdm(range(0, len(idx), bs), desc=f"spectra {what}", mininterval=2.0, disable=len(idx) < 10 * bs):
+        b = idx[i:i + bs]
+        r = spec_rows[b]
+        o = np.argsort(r)
+        x = np.empty((len(r), 1, cache.spectra.shape[-1]), np.float32)
+        x[o] = cache.spectra[r[o]]
+        put(spec_out, b, spec_fn(torch.from_numpy(x).to(dev)))
 
 
 def stage_features(ctx: RunContext, lc_encoder, spec_encoder) -> Path:
     """Frozen features of every star (centre crops); zeros where a modality is missing or unusable."""
-    tc, info = ctx.cfg.train, ctx.info
+    info = ctx.info
     cache = ensure_cache(ctx)
     out_path = ctx.run.features_path
     if info.is_main:
         cat = ctx.store.catalog
         n = len(cat)
-        dev = info.device
-        lc_encoder.eval().to(dev)
-        spec_encoder.eval().to(dev)
-        lc_rows, spec_rows = cat["lc_row"].to_numpy(np.int64), cat["spec_row"].to_numpy(np.int64)
-        has_lc = lc_rows >= 0
-        has_lc[has_lc] = cache.lc_ok[lc_rows[has_lc]]
-        has_spec = spec_rows >= 0
-        has_spec[has_spec] = cache.spec_ok[spec_rows[has_spec]]
+        lc_encoder.eval().to(info.device)
+        spec_encoder.eval().to(info.device)
+        has_lc, has_spec = _usable(ctx, cache)
         z_lc = np.zeros((n, lc_encoder.out_dim), np.float32)
         z_spec = np.zeros((n, spec_encoder.out_dim), np.float32)
-        bs = tc.feature_batch_size
-        idx = np.flatnonzero(has_lc)
-        for i in tqdm(range(0, len(idx), bs), desc="light-curve features", mininterval=2.0,
-                      disable=len(idx) < 10 * bs):
-            b = idx[i:i + bs]
-            x = light_curve_inputs(ctx, cache, b, None)
-            z_lc[b] = encode_batches(lc_encoder, x, dev, bs)
-        idx = np.flatnonzero(has_spec)
-        for i in tqdm(range(0, len(idx), bs), desc="spectra features", mininterval=2.0,
-                      disable=len(idx) < 10 * bs):
-            b = idx[i:i + bs]
-            r = spec_rows[b]
-            o = np.argsort(r)
-            x = np.empty((len(r), 1, cache.spectra.shape[-1]), np.float32)
-            x[o] = cache.spectra[r[o]]
-            z_spec[b] = encode_batches(spec_encoder, torch.from_numpy(x), dev, bs)
+        _encode_store(ctx, cache, lc_encoder, spec_encoder, [z_lc], [z_spec], "features")
         save_features(out_path, FrozenFeatures(cat["star_id"].astype(str).to_numpy(), z_lc, z_spec, has_lc, has_spec,
                                                cat["split"].astype(str).to_numpy()))
         log.info("features of %d stars written to %s (%d with a light curve, %d with a spectrum)", n, out_path,
@@ -360,6 +371,66 @@ def stage_features(ctx: RunContext, lc_encoder, spec_encoder) -> Path:
     return out_path
 
 
+@torch.no_grad()
+def penultimate_inputs(ctx: RunContext, lc_encoder, spec_encoder) -> PenultimateInputs:
+    """What the encoder tails read (``finetune_last_block``), for every star, computed once with the frozen
+    encoders into RUN/cache/penultimate/ (float32 .npy, memory-mapped; keyed on the preprocessing cache and the
+    encoders' weights). Costs ~ (tokens x width) floats per star and modality: 12 kB in the `small` config."""
+    cache = ensure_cache(ctx)
+    d = ctx.run.cache_dir / "penultimate"
+    h = hashlib.sha256(_cache_key(ctx).encode())
+    for net in (lc_encoder, spec_encoder):
+        for k, v in sorted(net.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    key = h.hexdigest()
+    names = ("lc_summary", "lc_tokens", "spec_tokens")
+    meta = d / "meta.json"
+    try:
+        fresh = json.loads(meta.read_text()).get("key") == key
+    except (OSError, json.JSONDecodeError):
+        fresh = False
+    if ctx.info.is_main and not fresh:
+        t0 = time.perf_counter()
+        d.mkdir(parents=True, exist_ok=True)
+        n = len(ctx.store.catalog)
+        lc_encoder.eval().to(ctx.info.device)
+        spec_encoder.eval().to(ctx.info.device)
+        probe_lc = lc_encoder.penultimate(torch.zeros(1, ctx.cfg.light_curve.in_channels,
+                                                      ctx.cfg.preprocess.lc_length, device=ctx.info.device))
+        probe_spec = spec_encoder.penultimate(torch.zeros(1, 1, cache.spectra.shape[-1], device=ctx.info.device))
+        shapes = {"lc_summary": probe_lc[0].shape[1:], "lc_tokens": probe_lc[1].shape[1:],
+                  "spec_tokens": probe_spec.shape[1:]}
+        arrs = {k: np.lib.format.open_memmap(d / f".{k}.npy.tmp", mode="w+", dtype=np.float32,
+                                             shape=(n, *shapes[k])) for k in names}
+        for a in arrs.values():
+            a[:] = 0.0
+        _encode_store(ctx, cache, lc_encoder.penultimate, spec_encoder.penultimate,
+                      [arrs["lc_summary"], arrs["lc_tokens"]], [arrs["spec_tokens"]], "penultimate tokens")
+        for k, a in arrs.items():
+            a.flush()
+            del a
+            os.replace(d / f".{k}.npy.tmp", d / f"{k}.npy")
+        arrs.clear()
+        atomic_write_json(meta, {"key": key, "n_stars": n, "shapes": {k: list(v) for k, v in shapes.items()},
+                                 "seconds": round(time.perf_counter() - t0, 2)})
+        log.info("penultimate encoder tokens of %d stars written to %s in %.1f s", n, d, time.perf_counter() - t0)
+    ddp.barrier()
+    return PenultimateInputs(*(np.load(d / f"{k}.npy", mmap_mode="r") for k in names))
+
+
 # ----------------------------------------------------------------------------------- stage 4: DualFormer
-def stage_dualformer(ctx: RunContext):
-    return train_dualformer_stage(ctx.run, ctx.store.catalog, ctx.cfg, ctx.info, ctx.log)
+def stage_dualformer(ctx: RunContext, lc_encoder=None, spec_encoder=None):
+    """Alignment on the run's features; with ``finetune_last_block`` also on the encoders' last blocks (pass
+    the run's pretrained encoders)."""
+    tails = penultimate = None
+    if ctx.cfg.dualformer.finetune_last_block:
+        if lc_encoder is None or spec_encoder is None:
+            raise ValueError("finetune_last_block: the dualformer stage needs the run's encoders")
+        penultimate = penultimate_inputs(ctx, lc_encoder, spec_encoder)
+        tails = EncoderTails.from_encoders(lc_encoder, spec_encoder)
+    model = train_dualformer_stage(ctx.run, ctx.store.catalog, ctx.cfg, ctx.info, ctx.log, tails, penultimate)
+    if penultimate is not None and ctx.info.is_main:
+        save_features(ctx.run.finetuned_features_path, finetuned_features(model, ctx.run.features(), penultimate))
+    ddp.barrier()
+    return model
