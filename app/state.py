@@ -32,6 +32,7 @@ import pandas as pd
 import param
 
 from app.expressions import ExpressionError, Schema, category_codes, compile_expression
+from desa_core.artifacts import ADDED_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,7 @@ class AppData:
         self._cluster_lock = threading.Lock()
         self._survey = None
         self._survey_rows = None
+        self._added = None    # stores `desa add` appended: [(SurveyStore, star-id index)], opened on first use
         self._survey_error: tuple[float, str] | None = None     # (when, why): retried after RETRY_S
         self._embedder = None
         self._embedder_error: tuple[float, str] | None = None   # (when, why): retried after RETRY_S
@@ -449,6 +451,50 @@ class AppData:
             raise UserInputError("enter a star id")
         return int(self.rows_of([star_id])[0])
 
+    def match_upload(self, kepler_id=None, obsid=None) -> tuple[int, str]:
+        """(row, how) of the catalogue star an upload belongs to: by KEPLERID (the ``kic`` column, or a star id
+        ``KIC n``), else by the spectrum's OBSID (``obsid`` / ``spectrum_obsid``); (-1, '') when none."""
+        if kepler_id is not None and int(kepler_id) > 0:
+            k = int(kepler_id)
+            if "kic" in self.stars.columns:
+                hit = np.flatnonzero(self.stars["kic"].to_numpy(dtype=np.float64, na_value=np.nan) == k)
+                if len(hit):
+                    return int(hit[0]), f"KEPLERID {k}"
+            r = self._row_of.get_indexer([f"KIC {k}"])[0]
+            if r >= 0:
+                return int(r), f"KEPLERID {k}"
+        if obsid:
+            for col in ("obsid", "spectrum_obsid"):
+                if col in self.stars.columns:
+                    hit = np.flatnonzero(self.stars[col].astype(str).to_numpy() == str(obsid).strip())
+                    if len(hit):
+                        return int(hit[0]), f"OBSID {obsid}"
+        return -1, ""
+
+    def place_on_maps(self, vectors: dict, row: int = -1, k: int = 10) -> dict:
+        """Positions of a new star (an upload) on every map: on a UMAP, the inverse-distance-weighted mean of
+        the positions of its ``k`` nearest stars in that map's embedding (desa_core.index.idw_place, as
+        precompute places the stars UMAP was not fitted on); on the CMD / HR diagram the catalogue values of
+        its matched star ``row`` (none without a match). Map key -> (x, y)."""
+        from desa_core.index import idw_place
+        out = {}
+        for key, m in self.maps.items():
+            if key in UMAP_VIEWS:
+                vec = vectors.get(m.source)
+                if vec is None or not np.isfinite(np.asarray(vec)).all() or m.source not in self.embedding_names:
+                    continue
+                sims, rows = self.search(m.source, np.asarray(vec, np.float32)[None, :], k)
+                sims = np.where(rows >= 0, sims, np.nan)
+                xy = np.stack([self.column(m.x), self.column(m.y)], axis=1)[np.maximum(rows, 0)]
+                pos = idw_place(sims, xy)[0]
+            elif row >= 0:
+                pos = np.array([self.column(m.x)[row], self.column(m.y)[row]])
+            else:
+                continue
+            if np.isfinite(pos).all():
+                out[key] = (float(pos[0]), float(pos[1]))
+        return out
+
     def table(self, rows, columns=None) -> pd.DataFrame:
         """The star table at some rows (all columns, or the given ones)."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -590,21 +636,38 @@ class AppData:
         """Why no light curves or spectra are shown (None when the survey store is usable)."""
         return None if self.survey() is not None else (self._survey_error or (0, None))[1]
 
+    def _store_row(self, row: int):
+        """(store, row in it) holding the star at a row: the survey store, or a store ``desa add`` appended;
+        (None, -1) when none has it."""
+        sid = self.star_ids[row]
+        s = self.survey()
+        if s is not None:
+            r = self._survey_rows.get_indexer([sid])[0]
+            if r >= 0:
+                return s, int(r)
+        for store, ids in self.added_stores():
+            r = ids.get_indexer([sid])[0]
+            if r >= 0:
+                return store, int(r)
+        return None, -1
+
+    def added_stores(self) -> list:
+        """[(SurveyStore, star-id index)] of the stores ``desa add`` appended (opened once, checked)."""
+        with self._lock:
+            if self._added is None:
+                self._added = [(st, pd.Index(st.catalog["star_id"].astype(str)))
+                               for _, st in self.artifacts.added_stores()]
+            return self._added
+
     def light_curve(self, row: int):
         """(time, flux) of the star at a row, or None."""
-        s = self.survey()
-        if s is None:
-            return None
-        r = self._survey_rows.get_indexer([self.star_ids[row]])[0]
-        return None if r < 0 else s.light_curve(int(r))
+        store, r = self._store_row(row)
+        return None if store is None else store.light_curve(r)
 
     def spectrum(self, row: int):
         """(wavelength, flux, ivar) of the star at a row, or None."""
-        s = self.survey()
-        if s is None:
-            return None
-        r = self._survey_rows.get_indexer([self.star_ids[row]])[0]
-        return None if r < 0 else s.spectrum(int(r))
+        store, r = self._store_row(row)
+        return None if store is None else store.spectrum(r)
 
     def embedder(self):
         """The model for live embedding of uploads; raises UserInputError saying why it is unavailable.
@@ -724,9 +787,25 @@ def load_app_data(path) -> AppData:
 
 SELECT_MODES = {"new": "new selection", "add": "add (or)", "and": "intersect (and)", "sub": "subtract"}
 PRESET_POPULATIONS = {
+    # the simulator's truth (a labelled survey)
     "synchronized binaries": "prot_days < 7 and binary_class == 'close_sync'",
     "young fast rotators": "prot_days < 7 and binary_class == 'single' and age_gyr < 1",
+    # what any survey measures (Simonian et al. 2019): rapid rotators split by their height above the main sequence
+    "fast rotators above the MS (measured)": "rotation_detected and prot_acf_days > 1.5 and prot_acf_days < 7 "
+                                             "and delta_mag_ms_obs >= 0.3",
+    "fast rotators on the MS (measured)": "rotation_detected and prot_acf_days > 1.5 and prot_acf_days < 7 "
+                                          "and delta_mag_ms_obs < 0.3",
 }
+
+
+def preset_populations(stars: pd.DataFrame) -> dict[str, str]:
+    """The page's preset populations: PRESET_POPULATIONS plus one per set of stars added with ``desa add``."""
+    out = dict(PRESET_POPULATIONS)
+    if ADDED_COLUMN in stars.columns:
+        for label in sorted(set(stars[ADDED_COLUMN].astype(str)) - {""}):
+            if "'" not in label and "\\" not in label:
+                out[f"added: {label}"] = f"{ADDED_COLUMN} == '{label}'"
+    return out
 MAX_URL_SPEC = 1800
 # Bounds on a selection spec (it may come from a URL): steps in all, nesting of groups, ids, lasso vertices.
 MAX_SPEC_CHARS = 20_000
@@ -853,6 +932,8 @@ class Session(param.Parameterized):
         self._steps: list = []
         self.target_row: int = -1
         self.target_vector: dict | None = None  # embedding of an uploaded target
+        self.target_positions: dict = {}        # an upload's place on each map (map key -> (x, y))
+        self.upload: dict | None = None         # what the page says about an upload (match, periods, predictions)
         self.neighbours: pd.DataFrame | None = None  # rank, row, star_id, similarity + key columns
         self.populations: dict[str, dict] = {}
         self.prediction: np.ndarray | None = None
@@ -1046,10 +1127,14 @@ class Session(param.Parameterized):
         return self.populations[name]["mask"]
 
     # --- search target and neighbours -----------------------------------------------------------------
-    def set_neighbours(self, target_row: int, target_label: str, table: pd.DataFrame | None):
+    def set_neighbours(self, target_row: int, target_label: str, table: pd.DataFrame | None,
+                       positions: dict | None = None, upload: dict | None = None):
+        """The search target (a catalogue row, or -1 with the ``positions`` of an upload) and its neighbours."""
         with self._lock:
             self.target_row = target_row
             self.neighbours = table
+            self.target_positions = dict(positions or {})
+            self.upload = upload
         self.param.update(target=target_label, neighbours_version=self.neighbours_version + 1)
 
     # --- probe prediction ---------------------------------------------------------------------------

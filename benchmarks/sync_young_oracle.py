@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 LABEL_SETS = {
     "true": ("teff", "logg", "feh", "prot_days", "log_lum"),
-    "observed": ("teff_obs", "logg_obs", "feh_obs", "bp_rp_obs", "abs_g_obs", "ruwe",
+    "observed": ("teff_obs", "logg_obs", "feh_obs", "bp_rp_obs", "abs_g0", "ruwe",
                  "rv_kms_obs"),
 }
 REPEATS = 20

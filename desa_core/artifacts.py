@@ -41,6 +41,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STARS = "stars.parquet"
 EMBEDDING_NAMES = ("desa", "light_curve", "spectrum")
+# stars.parquet column written by `desa add`: the label of a user's added stars ('' for the survey's own)
+ADDED_COLUMN = "added_set"
 KIND_SURVEY = "survey"
 KIND_SYNTHETIC = "synthetic-benchmark"
 
@@ -298,6 +300,24 @@ class ArtifactSet:
         except SurveyStoreError as e:
             log.warning("artifact set %s: its survey store is unavailable (%s)", self.path, e)
             return None
+
+    def added_stores(self) -> list:
+        """[(label, SurveyStore)] of the stores ``desa add`` appended to this set (their light curves and
+        spectra); a store that has moved or changed since is left out with a warning."""
+        from desa_core.data.store import SurveyStore, SurveyStoreError
+        out = []
+        for entry in self.manifest.get("added", []):
+            try:
+                store = SurveyStore.open(entry["survey"])
+            except (SurveyStoreError, KeyError) as e:
+                log.warning("artifact set %s: added store %r is unavailable (%s)", self.path, entry.get("label"), e)
+                continue
+            if sha256_file(Path(store.path) / "manifest.json") != entry.get("manifest_sha256"):
+                log.warning("artifact set %s: added store %s has changed since it was added; its light curves and "
+                            "spectra are not shown", self.path, store.path)
+                continue
+            out.append((entry.get("label", ""), store))
+        return out
 
     # -- data
     @property

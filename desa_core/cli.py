@@ -6,9 +6,10 @@
     desa train --survey data/survey --config small --out runs/small
     desa evaluate --run runs/small --out runs/small/metrics.json
     desa precompute --survey data/survey --run runs/small --out artifacts/default
+    desa add --artifacts artifacts/default --survey data/my_stars --label "my stars"
     desa serve --artifacts artifacts/default --port 5006
 
-`precompute` and `serve` are the two commands that reach outside `desa_core`; they import their packages
+`precompute`, `add` and `serve` are the commands that reach outside `desa_core`; they import their packages
 lazily here, so the library itself never depends on them.
 """
 from __future__ import annotations
@@ -51,6 +52,11 @@ def _precompute(a):
     from precompute.pipeline import run_precompute
     run_precompute(survey=a.survey, run=a.run, out=a.out, synthetic=a.synthetic, workers=a.workers,
                    scheduler=a.scheduler, seed=a.seed)
+
+
+def _add(a):
+    from precompute.add import add_stars
+    add_stars(artifacts=a.artifacts, survey=a.survey, label=a.label, run=a.run)
 
 
 def _serve(a):
@@ -111,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_precompute)
+
+    s = sub.add_parser("add", help="embed a user's own stars (a survey store, e.g. from `desa ingest`) and add them "
+                                   "to an existing artifact set")
+    s.add_argument("--artifacts", required=True, help="the artifact folder to add to")
+    s.add_argument("--survey", required=True, help="the survey store holding the new stars")
+    s.add_argument("--label", default=None, help="population name of the added stars (default: the store's folder)")
+    s.add_argument("--run", default=None, help="the model run (default: the one that built the artifact set)")
+    s.set_defaults(func=_add)
 
     s = sub.add_parser("serve", help="serve the dashboard over an artifact folder")
     s.add_argument("--artifacts", required=True)

@@ -82,6 +82,22 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def idw_place(similarities: np.ndarray, neighbour_xy: np.ndarray) -> np.ndarray:
+    """Map positions of new points from their neighbours' (approx-umap): the inverse-cosine-distance-weighted
+    mean of the neighbours' 2-D positions. ``similarities`` (m, k) cosine similarities (a neighbour slot < -1
+    or NaN counts for nothing), ``neighbour_xy`` (m, k, 2) -> (m, 2) float32; NaN where no neighbour has a
+    position. Used by the UMAP placement of precompute, the dashboard's uploads and ``desa add``."""
+    sims = np.asarray(similarities, np.float64)
+    xy = np.asarray(neighbour_xy, np.float64)
+    d = np.clip(1.0 - sims, 0.0, None)
+    w = 1.0 / np.maximum(d, 1e-6)
+    ok = np.isfinite(sims) & np.isfinite(xy).all(axis=-1)
+    w = np.where(ok, w, 0.0)
+    tot = w.sum(axis=1, keepdims=True)
+    out = np.einsum("mk,mkc->mc", w, np.where(ok[..., None], xy, 0.0)) / np.maximum(tot, 1e-300)
+    return np.where(tot > 0, out, np.nan).astype(np.float32)
+
+
 def _gpu_count() -> int:
     try:
         return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0

@@ -173,12 +173,10 @@ class KnnPlacer:
         self.index.add(x)
 
     def place(self, x: np.ndarray) -> np.ndarray:
+        from desa_core.index import idw_place
         sims, idx = self.index.search(_unit(x), self.k)
-        d = np.clip(1.0 - sims.astype(np.float64), 0.0, None)
-        w = 1.0 / np.maximum(d, 1e-6)
-        w[idx < 0] = 0.0
-        xy = self.xy[np.maximum(idx, 0)]                       # (m, k, 2)
-        return (np.einsum("mk,mkc->mc", w, xy) / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)).astype(np.float32)
+        sims = np.where(idx < 0, np.nan, sims)
+        return idw_place(sims, self.xy[np.maximum(idx, 0)])
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -163,6 +163,20 @@ def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_
 
     names = [k for k in EMBEDDING_NAMES if k in dims] + [k for k in dims if k not in EMBEDDING_NAMES]
 
+    # ------------------------------------------------------------------ stage 1b: predicted properties
+    predict_fp = None
+    if synthetic is None and getattr(embedder, "predictor", None) is not None:
+        predict_fp = S.fingerprint({"stage": "predict", "v": S.STAGE_VERSIONS["predict"], "embed": emb_fp,
+                                    "heads": _heads_sha(run)})
+        if book.done("predict", predict_fp):
+            log.info("stage predict: up to date, skipping")
+        else:
+            _drop_manifest(out)
+            log.info("stage predict: the run's heads on %d stars", n)
+            t0 = time.perf_counter()
+            rel = S.write_predictions(out, embedder, progress=progress)
+            book.record("predict", predict_fp, [rel], time.perf_counter() - t0)
+
     # ------------------------------------------------------------------ stage 2: indexes
     index_entries = {}
     for name in names:
@@ -203,18 +217,22 @@ def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_
 
     # ------------------------------------------------------------------ stage 4: stars table
     stars_fp = S.fingerprint({"stage": "stars", "v": S.STAGE_VERSIONS["stars"], "catalog": catalog_fp,
-                              "maps": maps_fp})
+                              "maps": maps_fp, "predict": predict_fp})
     if book.done("stars", stars_fp):
         log.info("stage stars: up to date, skipping")
     else:
         _drop_manifest(out)
         t0 = time.perf_counter()
         layouts = {name: np.load(out / S.map_file(name)) for name in layout_info}
-        rel = S.write_stars(out, catalog_batches, layouts)
+        predictions = None
+        if predict_fp is not None:
+            with np.load(out / S.PREDICTIONS_FILE) as z:
+                predictions = {k: z[k] for k in z.files}
+        rel = S.write_stars(out, catalog_batches, layouts, predictions)
         book.record("stars", stars_fp, [rel], time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ stage 5: manifest
-    stage_names = [emb_stage] + [f"index_{k}" for k in names] + ["maps", "stars"]
+    stage_names = [emb_stage] + (["predict"] if predict_fp else []) + [f"index_{k}" for k in names] + ["maps", "stars"]
     records = {s: _read_record(book, s) for s in stage_names}
     files = {}
     for s in stage_names:
@@ -237,7 +255,12 @@ def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_
         "maps": {**{("umap" if name == "desa" else f"umap_{'lc' if name == 'light_curve' else 'spec'}"):
                     {"columns": list(S.MAP_COLUMNS[name]), "source": name, **umap_cfg.to_dict(), **info}
                     for name, info in layout_info.items()},
-                 "cmd": {"columns": ["bp_rp", "abs_g"]}, "hr": {"columns": ["teff", "log_lum"]}},
+                 # the page draws the observed columns when the star table has them, else the catalogue's
+                 "cmd": {"columns": ["bp_rp0", "abs_g0"], "fallback": ["bp_rp", "abs_g"]},
+                 "hr": {"columns": ["teff_obs", "log_lum_obs"], "fallback": ["teff", "log_lum"]}},
+        "predictions": ({"columns": list(predictions_columns(out)), "from": "the run's heads (binary, age) and "
+                         "the encoders' quantile heads (Teff, logg, [Fe/H] from the spectrum; Prot from the light "
+                         "curve)"} if predict_fp else None),
         "stages": {s: {"wall_s": records[s]["wall_s"], "inputs": records[s]["inputs"]} for s in stage_names},
         "files": files,
         "code_version": _code_version(),
@@ -252,6 +275,20 @@ def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_
     write_manifest(out, manifest)
     log.info("artifact set complete: %s (%d stars, %.1f s this run)", out, n, time.perf_counter() - t_start)
     return out
+
+
+def predictions_columns(out: Path) -> tuple:
+    with np.load(out / S.PREDICTIONS_FILE) as z:
+        return tuple(z.files)
+
+
+def _heads_sha(run) -> str | None:
+    """The heads checkpoint's sha256 (the run fingerprint covers the encoders and the DualFormer only)."""
+    if run is None:
+        return None
+    from desa_core.rundir import RunDir
+    p = RunDir(run).heads_path
+    return sha256_file(p) if p.is_file() else None
 
 
 def _code_version() -> str:

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 STATE_DIR = "_state"
 WORK_DIR = "_work"
 # Bump a stage's version when its code changes what it writes: old outputs are then recomputed.
-STAGE_VERSIONS = {"embed": 1, "synthetic": 1, "index": 2, "maps": 4, "stars": 2}
+STAGE_VERSIONS = {"embed": 1, "synthetic": 1, "index": 2, "maps": 4, "stars": 3, "predict": 1}
+PREDICTIONS_FILE = f"{WORK_DIR}/predictions.npz"
 FIRST_COLUMNS = ["star_id", "umap_x", "umap_y", "bp_rp", "abs_g", "teff", "log_lum"]
 # The UMAP layouts precompute writes: embedding -> the star-table columns of its coordinates.
 MAP_COLUMNS = {"desa": ("umap_x", "umap_y"), "light_curve": ("umap_lc_x", "umap_lc_y"),
@@ -291,10 +292,39 @@ def build_one_index(out: Path, name: str, kind: str = "auto", seed: int = 0, pro
     return {"file": index_file(name), **info.to_dict(), "center": [float(c) for c in center]}
 
 
+# ------------------------------------------------------------------------------------------ predictions
+def write_predictions(out: Path, embedder, chunk_rows: int = 200_000, progress: bool = True) -> str:
+    """ART/_work/predictions.npz: the run's predicted properties of every star (Embedder.predict: binary
+    probability, conformal age, Teff / logg / [Fe/H] and Prot from the encoders' heads), from the stream
+    embeddings the embed stage wrote (the encoder features), a chunk of stars at a time."""
+    z_l = np.load(out / embedding_file("light_curve"), mmap_mode="r")
+    z_s = np.load(out / embedding_file("spectrum"), mmap_mode="r")
+    n = len(z_l)
+    cols: dict[str, list] = {}
+    chunks = range(0, n, chunk_rows)
+    if progress and n > chunk_rows:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc="predicting properties", unit="chunk")
+    for i in chunks:
+        pred = embedder.predict({"light_curve": np.asarray(z_l[i:i + chunk_rows]),
+                                 "spectrum": np.asarray(z_s[i:i + chunk_rows])})
+        for k, v in pred.items():
+            cols.setdefault(k, []).append(np.asarray(v, np.float32))
+    arrays = {k: np.concatenate(v) for k, v in cols.items()}
+    tmp = out / WORK_DIR / ".predictions.npz.tmp"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(out / PREDICTIONS_FILE)
+    return PREDICTIONS_FILE
+
+
 # ------------------------------------------------------------------------------------------ stars table
-def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]], layouts: dict) -> str:
+def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]], layouts: dict,
+                predictions: dict | None = None) -> str:
     """ART/stars.parquet: catalogue batches (in row order) + the UMAP coordinates of each layout
-    (``layouts``: embedding name -> (N, 2) array, NaN for stars without it), float32 where possible."""
+    (``layouts``: embedding name -> (N, 2) array, NaN for stars without it) + the predicted properties
+    (``predictions``: column -> (N,) array), float32 where possible."""
     w = ParquetChunkWriter(out / "stars.parquet")
     try:
         r = 0
@@ -305,6 +335,8 @@ def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]]
                 cx, cy = MAP_COLUMNS[name]
                 batch[cx] = xy[r:r + m, 0]
                 batch[cy] = xy[r:r + m, 1]
+            for col, values in (predictions or {}).items():
+                batch[col] = values[r:r + m]
             batch["star_id"] = batch["star_id"].astype(str)
             for c in ("bp_rp", "abs_g", "teff", "log_lum"):
                 if c not in batch:

@@ -214,14 +214,36 @@ def test_upload_embedded_live_with_a_model(ex, tmp_path, monkeypatch):
 
     class FakeEmbedder:  # stands in for the trained model; the app side is what is tested here
         def embed_single(self, light_curve=None, spectrum=None, rv_kms=0.0, abs_g=None):
-            seen["lc"] = light_curve
+            seen["lc"], seen["abs_g"] = light_curve, abs_g
             return {"desa": target, "light_curve": None, "spectrum": None}
+
+        def predict(self, out):
+            return {"p_binary": 0.25, "age_pred_gyr": 3.0, "age_pred_lo_gyr": 1.0, "age_pred_hi_gyr": 6.0}
 
     monkeypatch.setattr(ex.data, "embedder", lambda: FakeEmbedder())
     table = ex.search.search_upload(light_curve=(buf.getvalue(), "kplr010000001_llc.fits"))
     assert table.row.iloc[0] == 5 and table.similarity.iloc[0] == pytest.approx(1.0, abs=1e-4)
     assert abs(np.nanmedian(seen["lc"][1]) - 1) < 1e-6  # normalised flux reached the model
     assert ex.session.target.startswith("upload")
+    # Placed on the UMAP through its neighbours (it is star 5's twin, so at star 5), marked there, not on the
+    # CMD / HR diagram (no catalogue match: KIC 10000001 is not in this set).
+    pos = ex.session.target_positions
+    assert set(pos) == {"umap"} and ex.session.upload["matched_row"] == -1 and seen["abs_g"] is None
+    assert pos["umap"] == pytest.approx((ex.data.column("umap_x")[5], ex.data.column("umap_y")[5]), abs=1e-3)
+    marked = _layer(ex.maps.render("umap"), "Target")
+    assert len(marked.data) == 1 and marked.data.iloc[0, 0] == pytest.approx(pos["umap"][0])
+    assert len(_layer(ex.maps.render("cmd"), "Target").data) == 0
+    summary = dict(ex.search.upload_summary().to_numpy())
+    assert summary["catalogue match"].startswith("none")
+    assert summary["predicted: P(binary) (binary head)"] == "0.25"
+    assert "[1, 6]" in summary["predicted: age, median (age head) [Gyr]"]
+    assert summary["P_rot, ACF (peak height)"].startswith("6.2")      # sin(t): P = 2 pi d
+    # A catalogue star's id on the upload: matched, its observed M_G read, its CMD position used.
+    monkeypatch.setattr(ex.data, "match_upload", lambda kepler_id=None, obsid=None: (7, "KEPLERID 10000001"))
+    ex.search.search_upload(light_curve=(buf.getvalue(), "kplr010000001_llc.fits"))
+    assert set(ex.session.target_positions) >= {"umap", "cmd"}
+    assert ex.session.target_positions["cmd"] == pytest.approx(
+        (ex.data.column(ex.data.maps["cmd"].x)[7], ex.data.column(ex.data.maps["cmd"].y)[7]))
 
 
 def test_probes_numeric_categorical_and_selection(ex):

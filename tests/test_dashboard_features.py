@@ -58,7 +58,13 @@ def test_population_and_probe_class_colourings(ex):
     assert POPULATION_COLOUR in s.colour_options()   # the presets are saved populations
     c = s.colouring(POPULATION_COLOUR)
     a = s.population_mask("synchronized binaries")
-    assert ((c.values == 0) == (a & ~s.population_mask("young fast rotators"))).all()
+    others = np.zeros_like(a)
+    for name in list(s.populations)[1:]:
+        others |= s.population_mask(name)
+    assert list(s.populations)[0] == "synchronized binaries"
+    assert ((c.values == 0) == (a & ~others)).all()                 # class 0: in the first population only
+    n_member = sum(s.population_mask(name).astype(int) for name in s.populations)
+    assert ((c.values == c.categories.index("in several")) == (n_member > 1)).all()
     assert PROBE_CLASS_COLOUR not in s.colour_options()
     with pytest.raises(Exception, match="no classification probe"):
         s.colouring(PROBE_CLASS_COLOUR)

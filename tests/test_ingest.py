@@ -64,7 +64,7 @@ def test_ingest_writes_a_store_with_both_modalities_flags_and_skips(tmp_path):
     assert list(c["has_spectrum"]) == [True, False, True]
     assert s.light_curve("KIC 10000003") is None and s.spectrum("KIC 10000002") is None
     assert c.loc["KIC 10000001", "teff"] == 5200.0 and c.loc["KIC 10000001", "prot_days"] == 6.0
-    assert np.isnan(c["feh"]).all() and set(c["binary_class"]) == {"single"} and not c["is_binary"].any()
+    assert np.isnan(c["feh"]).all() and set(c["binary_class"]) == {"unknown"} and not c["is_binary"].any()
     assert c.loc["KIC 10000001", "kepmag"] == 12.5                    # from the KEPMAG header
     assert list(c["survey_flag"]) == ["a", "b", "c"]                   # extra catalogue column kept
     assert c.loc["KIC 10000003", "rv_kms_obs"] == -30.0                # HELIO_RV

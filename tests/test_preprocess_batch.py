@@ -204,6 +204,6 @@ def test_embed_store_batches_agree_with_single_stars_and_skip_bad_modalities(tin
     for i in (0, 4, 7, 8, 19):   # 0: no light curve, 4: no spectrum (tiny_survey); 8: spoiled light curve
         lc = store.light_curve(i) if cat["lc_row"].iat[i] >= 0 and i != 8 else None
         sp = store.spectrum(i) if cat["spec_row"].iat[i] >= 0 else None
-        one = emb.embed_single(light_curve=lc, spectrum=sp, rv_kms=cat["rv_kms_obs"].iat[i], abs_g=cat["abs_g_obs"].iat[i])
+        one = emb.embed_single(light_curve=lc, spectrum=sp, rv_kms=cat["rv_kms_obs"].iat[i], abs_g=cat["abs_g0"].iat[i])
         for k in out:
             np.testing.assert_allclose(one[k], out[k][i], rtol=0, atol=1e-5)

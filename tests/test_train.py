@@ -103,8 +103,8 @@ def test_cache_gives_the_same_inputs_as_preprocess(trained, survey):
     t, flux = store.light_curve(5)
     row = int(store.catalog["lc_row"].iat[5])
     np.testing.assert_array_equal(cached[row][: len(clean_light_curve(t, flux, cfg))], clean_light_curve(t, flux, cfg))
-    a = light_curve_channels(cached[row], store.catalog["abs_g_obs"].iat[5], cfg)
-    np.testing.assert_allclose(a, preprocess_light_curve(t, flux, store.catalog["abs_g_obs"].iat[5], cfg), atol=1e-6)
+    a = light_curve_channels(cached[row], store.catalog["abs_g0"].iat[5], cfg)
+    np.testing.assert_allclose(a, preprocess_light_curve(t, flux, store.catalog["abs_g0"].iat[5], cfg), atol=1e-6)
 
 
 def test_embedder_matches_training_features_and_covers_every_star(trained, survey):
@@ -130,9 +130,9 @@ def test_embedder_matches_training_features_and_covers_every_star(trained, surve
     np.testing.assert_allclose(emb.embed_store(store, rows=[7, 2], progress=False)["desa"], sub["desa"], atol=1e-4)
     cat = store.catalog
     one = emb.embed_single(light_curve=store.light_curve(7), spectrum=store.spectrum(7),
-                           rv_kms=cat["rv_kms_obs"].iat[7], abs_g=cat["abs_g_obs"].iat[7])
+                           rv_kms=cat["rv_kms_obs"].iat[7], abs_g=cat["abs_g0"].iat[7])
     np.testing.assert_allclose(one["desa"], out["desa"][7], atol=1e-5)
-    only_lc = emb.embed_single(light_curve=store.light_curve(7), abs_g=cat["abs_g_obs"].iat[7])
+    only_lc = emb.embed_single(light_curve=store.light_curve(7), abs_g=cat["abs_g0"].iat[7])
     assert np.isnan(only_lc["spectrum"]).all() and np.isfinite(only_lc["desa"]).all()
     with pytest.raises(ValueError, match="needs a light curve"):
         emb.embed_single()
@@ -266,16 +266,17 @@ def test_load_features_errors(tmp_path):
 
 def test_prot_targets_linear_is_the_papers_and_log_keeps_relative_precision():
     from desa_core.models.config import TrainConfig
-    from desa_core.train.stages import prot_targets
     p = np.array([0.5, 2.0, 4.0, 20.0, 40.0, 100.0, 5e4, np.nan])
-    lin = prot_targets(p, TrainConfig(prot_target="linear"))
+    lin = TrainConfig(prot_target="linear").prot_targets(p)
     np.testing.assert_allclose(lin[:6], p[:6] / 70.0)
     assert lin[6] == 100.0 / 70.0 and np.isnan(lin[7])          # clipped at prot_clip_days; NaN = no loss
-    log = prot_targets(p, TrainConfig(prot_target="log"))
+    log = TrainConfig(prot_target="log").prot_targets(p)
     assert np.all(np.diff(log[:6]) > 0) and 0 < log[0] and log[5] == pytest.approx(1.0) and log[6] == log[5]
     assert np.isnan(log[7])
     # a doubling of Prot moves the log target about as much at 2 d as at 20 d; the linear one 10x more at 20 d
     assert (log[2] - log[1]) / (log[4] - log[3]) > 0.5
     assert (lin[4] - lin[3]) / (lin[2] - lin[1]) == pytest.approx(10.0)
+    for cfg in (TrainConfig(prot_target="linear"), TrainConfig(prot_target="log")):   # the predictions' inverse
+        np.testing.assert_allclose(cfg.prot_from_targets(cfg.prot_targets(p[:6])), p[:6], rtol=1e-12)
     with pytest.raises(ValueError, match="prot_target"):
         TrainConfig(prot_target="sqrt")

@@ -13,7 +13,8 @@ STRUCTURAL = {"star_id", "ra", "dec", "has_light_curve", "has_spectrum", "split"
 
 
 def _observed(col: str) -> bool:
-    return col.endswith("_obs") or col.endswith("_error")
+    from desa_core.data.observed import OBSERVED_COLUMNS
+    return col.endswith("_obs") or col.endswith("_error") or col in OBSERVED_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +53,9 @@ def test_permuting_every_true_column_leaves_the_embeddings_unchanged(embedder_an
 def test_the_luminosity_channel_reads_the_observed_m_g(embedder_and_store):
     from desa_core.data.preprocess import LUMINOSITY_COLUMN
     emb, store = embedder_and_store
-    assert LUMINOSITY_COLUMN == "abs_g_obs" and LUMINOSITY_COLUMN in store.catalog.columns
+    assert LUMINOSITY_COLUMN == "abs_g0" and LUMINOSITY_COLUMN in store.catalog.columns
     before = _embed(emb, store)["light_curve"]
     after = _embed(emb, _permuted(store, [LUMINOSITY_COLUMN]))["light_curve"]
     ok = np.isfinite(before).all(axis=1)
     moved = np.abs(before[ok] - after[ok]).max(axis=1) > 1e-4
-    assert moved.mean() > 0.5, "permuting abs_g_obs did not move the light-curve embedding"
+    assert moved.mean() > 0.5, "permuting abs_g0 did not move the light-curve embedding"

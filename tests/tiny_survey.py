@@ -67,7 +67,7 @@ def make_tiny_survey(out, n_stars: int = 48, days: float = 40.0, cadence_days: f
         cat["is_binary"] = cls != "single"
         cat["age_gyr"] = rng.uniform(0.5, 10.0, n_stars)
         cat["log_lum"] = -0.4 * (abs_g - 4.67)
-        cat["abs_g_obs"] = abs_g + rng.normal(0, 0.05, n_stars)   # what the luminosity channel reads
+        cat["abs_g0"] = abs_g + rng.normal(0, 0.05, n_stars)   # what the luminosity channel reads
         cat["mass"] = rng.uniform(0.7, 1.4, n_stars)
         cat["has_light_curve"], cat["has_spectrum"] = has_lc, has_spec
         cat["lc_row"], cat["spec_row"] = lc_row, spec_row

@@ -505,9 +505,17 @@ class Maps(pn.viewable.Viewer):
             "Neighbours": {m.x: x[rows], m.y: y[rows],
                            "star_id": nb["star_id"].to_numpy() if len(rows) else np.zeros(0, object),
                            "similarity": nb["similarity"].to_numpy() if len(rows) else np.zeros(0)},
-            "Target": {m.x: x[[t]] if t >= 0 else np.zeros(0, np.float32),
-                       m.y: y[[t]] if t >= 0 else np.zeros(0, np.float32)},
+            "Target": self._target_xy(key, m, x, y, t),
         }
+
+    def _target_xy(self, key, m, x, y, t):
+        """The target's point: a catalogue row, or an upload's placed position on this map (none if unplaced)."""
+        if t >= 0:
+            return {m.x: x[[t]], m.y: y[[t]]}
+        pos = self.session.target_positions.get(key)
+        if pos is None:
+            return {m.x: np.zeros(0, np.float32), m.y: np.zeros(0, np.float32)}
+        return {m.x: np.array([pos[0]], np.float32), m.y: np.array([pos[1]], np.float32)}
 
     def _hover_columns(self, key):
         m = self.data.maps[key]

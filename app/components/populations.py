@@ -24,7 +24,7 @@ import panel as pn
 import param
 
 from app.state import (ALL_STARS, CURRENT_SELECTION, EMBEDDING_LABELS, PRESET_POPULATIONS, AppData, Session,
-                       UserInputError)
+                       UserInputError, preset_populations)
 from app.text import esc
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,8 @@ class Populations(pn.viewable.Viewer):
         super().__init__(**params)
         self.session = session
         self.data = session.data
-        for name, expr in PRESET_POPULATIONS.items():
+        self.presets = preset_populations(self.data.stars)
+        for name, expr in self.presets.items():
             try:
                 session.define_population(name, expr=expr)
             except UserInputError as e:  # a catalogue without these columns: no preset, say why
@@ -222,11 +223,11 @@ class Populations(pn.viewable.Viewer):
             self.session.notify(f"that did not work: {type(e).__name__}: {e}", "danger")
 
     def _preset(self, event):
-        self.expression = PRESET_POPULATIONS[event.new]
+        self.expression = self.presets[event.new]
         self.pop_name = event.new
 
     def __panel__(self):
-        preset = pn.widgets.Select(label="Preset", options=list(PRESET_POPULATIONS), value=None, width=220)
+        preset = pn.widgets.Select(label="Preset", options=list(self.presets), value=None, width=240)
         preset.param.watch(self._preset, "value")
         expr = pn.widgets.TextAreaInput.from_param(self.param.expression, label="Expression over catalogue columns",
                                                    height=70, sizing_mode="stretch_width")

@@ -218,8 +218,21 @@ def read_uploaded_light_curve(files, filename: str | None = None):
     return np.asarray(t, np.float64), np.asarray(f, np.float64), ids[0]
 
 
+def _upload_periods(lc) -> dict:
+    """Measured rotation periods of an uploaded light curve (ACF and Lomb-Scargle, desa_core.data.periods),
+    on the Kepler long-cadence grid as ``desa ingest`` puts it."""
+    if lc is None:
+        return {}
+    from desa_core.data.periods import measure_periods
+    from desa_core.data.readers.kepler import KEPLER_LONG_CADENCE_MIN, bin_to_grid, cadence_grid
+    t, f = lc[0], lc[1]
+    grid = cadence_grid(float(t.min()), float(t.max()), KEPLER_LONG_CADENCE_MIN / 1440.0)
+    res = measure_periods(grid, bin_to_grid(t, f, grid)[None])
+    return {k: (bool(v[0]) if v.dtype == bool else float(v[0])) for k, v in res.items()}
+
+
 def read_uploaded_spectrum(data: bytes, filename: str):
-    """(wavelength, flux, ivar, rv_kms) from an uploaded LAMOST spectrum FITS."""
+    """(wavelength, flux, ivar, rv_kms, obsid) from an uploaded LAMOST spectrum FITS."""
     from desa_core.data.readers import FitsReadError, read_lamost_spectrum
     path = save_upload(data, filename)
     try:
@@ -229,7 +242,7 @@ def read_uploaded_spectrum(data: bytes, filename: str):
     finally:
         os.unlink(path)
     rv = sp.rv_kms
-    return sp.wavelength, sp.flux, sp.ivar, (rv if np.isfinite(rv) else 0.0)
+    return sp.wavelength, sp.flux, sp.ivar, (rv if np.isfinite(rv) else 0.0), sp.obsid
 
 
 class Search(pn.viewable.Viewer):
@@ -257,6 +270,8 @@ class Search(pn.viewable.Viewer):
                                            "(one or more quarters of one star)", layout="compact", width=360)
         self._spec_file = BoundedFileDropper(max_files=1, label="LAMOST spectrum FITS", layout="compact", width=300)
         self._previews = pn.pane.HoloViews(self._preview_plot(), linked_axes=False)
+        self._upload_table = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=False, width=620,
+                                                  visible=False)
         session.param.watch(self._refresh_outputs, "neighbours_version")
 
     def _update_restrict(self, *_):
@@ -272,7 +287,8 @@ class Search(pn.viewable.Viewer):
             raise UserInputError(f"'{self.restrict}' is empty: nothing to search in")
         return rows
 
-    def _run(self, query: np.ndarray, target_row: int, label: str) -> pd.DataFrame:
+    def _run(self, query: np.ndarray, target_row: int, label: str, positions: dict | None = None,
+             upload: dict | None = None) -> pd.DataFrame:
         t0 = time.perf_counter()
         subset = self._subset()
         k = int(self.k)
@@ -287,7 +303,7 @@ class Search(pn.viewable.Viewer):
         table.insert(0, "rank", np.arange(1, len(rows) + 1))
         table["row"] = rows
         self.last_search_s = time.perf_counter() - t0
-        self.session.set_neighbours(target_row, label, table)
+        self.session.set_neighbours(target_row, label, table, positions=positions, upload=upload)
         where = "" if subset is None else f" within '{self.restrict}'"
         self.session.notify(f"{len(table)} nearest neighbours of {label} in the "
                             f"{EMBEDDING_LABELS.get(self.index_name, self.index_name)} embedding{where} "
@@ -336,12 +352,24 @@ class Search(pn.viewable.Viewer):
 
     def search_upload(self, light_curve=None, spectrum: tuple[bytes, str] | None = None,
                       abs_g: float | None = None) -> pd.DataFrame:
-        """Embed an uploaded light curve (one quarter as (bytes, name), or a list of quarters) and/or spectrum
-        with the model and search its neighbours."""
+        """Embed an uploaded light curve (one quarter as (bytes, name), or a list of quarters of one star,
+        stitched as ``desa ingest`` stitches them) and/or spectrum with the model and search its neighbours.
+
+        The upload's KEPLERID (or its spectrum's OBSID) is looked up in the artifact set's catalogue: a match
+        gives the luminosity channel the catalogue's observed M_G (``abs_g0``) and the upload the star's CMD / HR
+        position. The upload is placed on the UMAPs through its nearest stars and marked; its measured rotation
+        periods and the model's predicted properties are shown next to its neighbours."""
+        from desa_core.data.preprocess import LUMINOSITY_COLUMN
         if not light_curve and spectrum is None:
             raise UserInputError("choose Kepler light-curve FITS and/or a LAMOST spectrum FITS to upload")
         lc = read_uploaded_light_curve(light_curve) if light_curve else None
         sp = read_uploaded_spectrum(*spectrum) if spectrum is not None else None
+        row, how = self.data.match_upload(kepler_id=None if lc is None else lc[2], obsid=None if sp is None else sp[4])
+        abs_g_src = "given" if abs_g is not None else ""
+        if abs_g is None and row >= 0 and LUMINOSITY_COLUMN in self.data.stars.columns:
+            v = float(self.data.stars[LUMINOSITY_COLUMN].iat[row])
+            if np.isfinite(v):
+                abs_g, abs_g_src = v, f"catalogue {LUMINOSITY_COLUMN} of {self.data.star_ids[row]}"
         embedder = self.data.embedder()
         vecs = embedder.embed_single(light_curve=None if lc is None else lc[:2],
                                      spectrum=None if sp is None else sp[:3],
@@ -355,7 +383,13 @@ class Search(pn.viewable.Viewer):
         if spectrum is not None:
             names.append(spectrum[1])
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        return self._run(np.asarray(vec, np.float32), -1, f"upload ({shown})")
+        upload = {"files": names, "n_quarters": 0 if lc is None else len(names) - (spectrum is not None),
+                  "matched_row": row, "matched_by": how,
+                  "matched_star": self.data.star_ids[row] if row >= 0 else "",
+                  "abs_g": abs_g, "abs_g_source": abs_g_src or "none (luminosity channel empty)",
+                  "predictions": embedder.predict(vecs), "periods": _upload_periods(lc)}
+        positions = self.data.place_on_maps(vecs, row)
+        return self._run(np.asarray(vec, np.float32), -1, f"upload ({shown})", positions=positions, upload=upload)
 
     def restore_target(self, star_id: str):
         """Re-run the search for a target named in the URL (a star id); uploads are not restorable."""
@@ -385,7 +419,41 @@ class Search(pn.viewable.Viewer):
         lcs, sps = self._lc_file.files(), self._spec_file.files()
         self._guard(self.search_upload, lcs[0] if len(lcs) == 1 else (lcs or None), sps[0] if sps else None)
 
+    def upload_summary(self) -> pd.DataFrame:
+        """What the page shows about the last upload: its match in the catalogue, the M_G its luminosity
+        channel read, its measured periods, its place on the maps and the model's predicted properties."""
+        from desa_core.models.inference import PREDICTION_LABELS
+        up = self.session.upload
+        if not up:
+            return pd.DataFrame()
+        rows = [("catalogue match", f"{up['matched_star']} (by {up['matched_by']})" if up["matched_row"] >= 0
+                 else "none (not in this survey)"),
+                ("M_G for the luminosity channel", "–" if up["abs_g"] is None else
+                 f"{up['abs_g']:.3f} ({up['abs_g_source']})"),
+                ("light-curve quarters", str(up["n_quarters"]))]
+        p = up.get("periods") or {}
+        if p:
+            rows.append(("P_rot, ACF (peak height)", "–" if not np.isfinite(p["prot_acf_days"]) else
+                         f"{p['prot_acf_days']:.3g} d ({p['prot_acf_lph']:.2f})"
+                         + ("" if p["rotation_detected"] else ", not a detection")))
+            rows.append(("P_rot, Lomb-Scargle (power)", "–" if not np.isfinite(p["prot_ls_days"]) else
+                         f"{p['prot_ls_days']:.3g} d ({p['prot_ls_power']:.2f})"))
+        where = self.session.target_positions
+        rows.append(("placed on", ", ".join(sorted(where)) if where else "no map"))
+        pred = up.get("predictions") or {}
+        for col, label in PREDICTION_LABELS.items():
+            if col in pred and col not in ("age_pred_lo_gyr", "age_pred_hi_gyr"):
+                v = pred[col]
+                txt = "–" if not np.isfinite(v) else f"{v:.3g}"
+                if col == "age_pred_gyr" and np.isfinite(v):
+                    txt += f" [{pred['age_pred_lo_gyr']:.3g}, {pred['age_pred_hi_gyr']:.3g}]"
+                rows.append((f"predicted: {label}", txt))
+        return pd.DataFrame(rows, columns=["upload", "value"])
+
     def _refresh_outputs(self, *_):
+        summary = self.upload_summary()
+        self._upload_table.value = summary
+        self._upload_table.visible = len(summary) > 0
         nb = self.session.neighbours
         if nb is not None:
             shown = nb.drop(columns=["row"])
@@ -464,4 +532,4 @@ class Search(pn.viewable.Viewer):
             opts,
             pn.Row(id_input, id_btn, pos_input, radius, pos_btn),
             pn.Row(self._lc_file, self._spec_file, up_btn),
-            help_, self._table, self._previews)
+            help_, self._upload_table, self._table, self._previews)

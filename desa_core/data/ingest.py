@@ -31,10 +31,14 @@ from desa_core.data.readers.common import FitsReadError
 from desa_core.data.readers.kepler import (KEPLER_LONG_CADENCE_MIN, bin_to_grid, cadence_grid,
                                            read_kepler_light_curve, stitch_quarters)
 from desa_core.data.readers.lamost import read_lamost_spectrum, spectrum_on_grid, store_wavelength_grid
+from desa_core.data.observed import EXTINCTION_COLUMNS, observed_columns
 from desa_core.data.store import BINARY_CLASSES, CATALOG_COLUMNS, SurveyWriter, assign_splits, atomic_write_json
 
 log = logging.getLogger(__name__)
 
+# Catalogue columns the observed-columns module reads besides the photometry (desa_core.data.observed).
+_OBSERVED_INPUTS = ("parallax_error_mas", "parallax_over_error", "nu_eff_used_in_astrometry", "pseudocolour", "ecl_lat",
+                    "astrometric_params_solved") + EXTINCTION_COLUMNS
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 REPORT_FILE = "ingest_report.json"
 
@@ -78,6 +82,7 @@ class IngestReport:
     columns_found: dict[str, str] = field(default_factory=dict)  # store column -> catalogue column
     columns_derived: list[str] = field(default_factory=list)
     columns_absent: list[str] = field(default_factory=list)      # NaN (or default) in the whole store
+    observed_columns: dict = field(default_factory=dict)         # what desa_core.data.observed could derive
     cadence_minutes: float = KEPLER_LONG_CADENCE_MIN
     time_range_days: tuple[float, float] | None = None
     n_cadences: int = 0
@@ -206,6 +211,7 @@ def ingest(light_curves, spectra, catalog, out, match_radius_arcsec: float = 3.0
                 j = int(catalog_df["spec_row"].iat[i])
                 w.spectra_flux[j] = flux.astype(np.float32)
                 w.spectra_ivar[j] = ivar.astype(np.float32)
+        _add_measured_periods(catalog_df, w.light_curves, time, cfg)
         report.n_stars, report.n_light_curves, report.n_spectra = len(catalog_df), n_lc, n_spec
         report.written = True
         atomic_write_json(w.tmp / REPORT_FILE, report.to_dict())
@@ -220,6 +226,29 @@ def ingest(light_curves, spectra, catalog, out, match_radius_arcsec: float = 3.0
     log.info("ingested %d stars (%d light curves from %d quarters, %d spectra) into %s; %d files skipped",
              report.n_stars, n_lc, report.n_quarters_used, n_spec, out, report.n_skipped)
     return report
+
+
+def _add_measured_periods(catalog_df: pd.DataFrame, light_curves, time, cfg: IngestConfig, chunk: int = 512):
+    """The rotation periods a pipeline measures from the stitched light curves (desa_core.data.periods: ACF and
+    Lomb-Scargle, with the detection rule), as catalogue columns; NaN / False without a light curve. A catalogue
+    column named ``period`` is never read as Prot, so these are the survey's own rotation periods."""
+    from desa_core.data.periods import PERIOD_COLUMNS, measure_periods
+
+    n = len(catalog_df)
+    cols = {k: (np.zeros(n, bool) if k == "rotation_detected" else np.full(n, np.nan if k.endswith("_days") else 0.0))
+            for k in PERIOD_COLUMNS}
+    lc_row = catalog_df["lc_row"].to_numpy(np.int64)
+    stars = np.flatnonzero(lc_row >= 0)
+    batches = range(0, len(stars), chunk)
+    for i in tqdm(batches, desc="measuring rotation periods", unit="batch", disable=_no_bar(cfg) or len(batches) < 2):
+        s = stars[i:i + chunk]
+        res = measure_periods(time, np.asarray(light_curves[lc_row[s]]))
+        for k, v in res.items():
+            cols[k][s] = v
+    for k, v in cols.items():
+        catalog_df[k] = v
+    log.info("rotation periods: %d of %d light curves with a detected period", int(cols["rotation_detected"].sum()),
+             len(stars))
 
 
 def _match_light_curves(cat: Catalogue, lcs: list[_LightCurveFile], match_radius_arcsec: float,
@@ -439,14 +468,32 @@ def _build_catalog(cat: Catalogue, rows, lc_of_row, spec_of_row, ra, dec, kepmag
         plx = df["parallax_mas"].to_numpy(float)
         with np.errstate(divide="ignore", invalid="ignore"):
             df["abs_g"] = np.where(plx > 0, df["gaia_g"] + 5 * np.log10(plx) - 10, np.nan)
-        derived.append("abs_g (gaia_g + 5 log10(parallax_mas) - 10; no extinction correction)")
-    # A real catalogue's M_G is measured: it is the luminosity the light-curve encoder reads (LUMINOSITY_COLUMN),
-    # as the simulator's survey-like abs_g_obs is; its true abs_g is never a model input.
-    df["abs_g_obs"] = src["abs_g_obs"].to_numpy(float) if "abs_g_obs" in src else df["abs_g"].to_numpy(float)
+        derived.append("abs_g (gaia_g + 5 log10(parallax_mas) - 10; apparent, not de-reddened)")
+    # A real catalogue's spectroscopic labels are measurements: the same values are the observed columns the
+    # maps and the luminosity's bolometric correction read (for a simulation they are noisy copies of the truth).
+    for c in ("teff", "logg", "feh"):
+        if c in src and f"{c}_obs" not in src:
+            df[f"{c}_obs"] = df[c].to_numpy(float)
+            derived.append(f"{c}_obs (the catalogue's {c})")
+    # The observed CMD / HR columns, as for the simulated survey (desa_core.data.observed): Lindegren zero-point,
+    # parallax-over-error cut, extinction from the catalogue, log L from a bolometric correction, delta_mag_ms.
+    # abs_g0 is also the luminosity the light-curve encoder reads (LUMINOSITY_COLUMN).
+    phot = pd.DataFrame({c: src[c].to_numpy() for c in _OBSERVED_INPUTS if c in src}, index=df.index)
+    for c in ("gaia_g", "gaia_bp", "gaia_rp", "parallax_mas", "ra", "dec", "teff_obs", "feh_obs"):
+        if c in df:
+            phot[c] = df[c].to_numpy()
+    derived_obs, obs_info = observed_columns(phot)
+    for c in derived_obs.columns:
+        df[c] = derived_obs[c].to_numpy()
+    report.observed_columns = obs_info
+    if np.isfinite(df["abs_g0"]).any():
+        derived.append(f"bp_rp0, abs_g0, log_lum_obs, delta_mag_ms_obs ({obs_info['parallax_zero_point']}; "
+                       f"{obs_info['n_parallax_ok']} stars pass parallax/error >= {obs_info['min_parallax_over_error']:g}"
+                       f"; {obs_info['n_dereddened']} de-reddened)")
     if "ra" not in src and np.isfinite(df["ra"]).any():
         derived.append("ra/dec (light-curve header RA_OBJ/DEC_OBJ)")
 
-    # Binarity: the store's classes are a closed set. Without a catalogue class a star is 'single' unless the
+    # Binarity: the store's classes are a closed set. Without a catalogue class a star is 'unknown' unless the
     # catalogue flags it a binary, which becomes 'wide' (binary of unknown kind; see docs/ingest.md).
     if "binary_class" in src:
         bc = src["binary_class"].replace({"": "single", "nan": "single", "none": "single"})
@@ -459,7 +506,9 @@ def _build_catalog(cat: Catalogue, rows, lc_of_row, spec_of_row, ra, dec, kepmag
         df["is_binary"] = src["is_binary"].to_numpy(bool)
         df["binary_class"] = np.where(df["is_binary"], "wide", "single")
     else:
-        df["binary_class"] = "single"
+        # Nothing says whether these stars are binaries: 'unknown', not 'single'. The photometric evidence
+        # (delta_mag_ms_obs >= 0.3) and RUWE stay available as columns.
+        df["binary_class"] = "unknown"
         df["is_binary"] = False
     for c in CATALOG_COLUMNS:
         if c in ("star_id", "has_light_curve", "has_spectrum", "split", "lc_row", "spec_row"):

@@ -38,7 +38,7 @@ RV_COLUMN = "rv_kms_obs"   # catalogue column with the radial velocity that shif
 # Catalogue column of the absolute magnitude the light-curve encoder's luminosity channel reads: the survey-like
 # M_G (Gaia G, noisy parallax, extinction), never the simulator's true abs_g. A catalogue without it (an upload
 # without a match) leaves the channel empty.
-LUMINOSITY_COLUMN = "abs_g_obs"
+LUMINOSITY_COLUMN = "abs_g0"
 LC_CHANNELS = ("flux_luminosity", "flux_zscored", "acf", "log_fft")
 
 

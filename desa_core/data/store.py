@@ -41,7 +41,8 @@ CATALOG_COLUMNS = [
     "binary_class", "is_binary", "porb_days", "mass_ratio", "gaia_g", "gaia_bp", "gaia_rp", "bp_rp", "abs_g",
     "parallax_mas", "ruwe", "kepmag", "has_light_curve", "has_spectrum", "split", "lc_row", "spec_row",
 ]
-BINARY_CLASSES = ("single", "wide", "close_sync", "eclipsing")
+# "unknown": an ingested catalogue that says nothing about binarity (is_binary False means "not known to be").
+BINARY_CLASSES = ("single", "wide", "close_sync", "eclipsing", "unknown")
 SPLITS = ("train", "val", "test")
 
 

@@ -54,7 +54,7 @@ ORACLE_FEATURES = ("teff", "logg", "feh", "prot_days", "log_lum")
 # A realistic reference: the simulator's survey-like *observed* labels (LAMOST-pipeline Teff/logg/[Fe/H] errors,
 # Gaia photometry and parallax errors) -- and the true Prot, as no measured period is catalogued.
 OBSERVED_ORACLE_KEY = "oracle_gbr_observed_labels"
-OBSERVED_ORACLE_FEATURES = ("teff_obs", "logg_obs", "feh_obs", "abs_g_obs", "bp_rp0_obs", "prot_days")
+OBSERVED_ORACLE_FEATURES = ("teff_obs", "logg_obs", "feh_obs", "abs_g0", "bp_rp0", "prot_days")
 
 # DESA ablations: DualFormerConfig overrides trained on the same frozen features.
 ABLATIONS = {

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -173,6 +174,12 @@ class DualFormerConfig:
             raise ValueError(f"dualformer dim {self.dim} is not divisible by heads {self.heads}")
 
 
+# Scales of the encoders' regression targets: Prot / 70 d (the paper's; or a log target, TrainConfig.prot_target)
+# and Teff / 5778 K; logg and [Fe/H] as they are.
+PROT_SCALE_DAYS = 70.0
+TEFF_SCALE_K = 5778.0
+
+
 @dataclass
 class TrainConfig:
     seed: int = 0
@@ -213,6 +220,22 @@ class TrainConfig:
     def __post_init__(self):
         if self.prot_target not in ("linear", "log"):
             raise ValueError(f"prot_target must be linear or log, not {self.prot_target!r}")
+
+    def prot_targets(self, prot_days) -> np.ndarray:
+        """Light-curve pretraining target from Prot [d], clipped at ``prot_clip_days``: Prot / 70 d (the
+        paper's, ``prot_target: linear``) or log10(1 + Prot) / log10(1 + clip) (``log``, in [0, 1]). NaN stays
+        NaN (no loss)."""
+        p = np.minimum(np.asarray(prot_days, np.float64), self.prot_clip_days)
+        if self.prot_target == "log":
+            return np.log10(1.0 + p) / np.log10(1.0 + self.prot_clip_days)
+        return p / PROT_SCALE_DAYS
+
+    def prot_from_targets(self, y) -> np.ndarray:
+        """Prot [d] from the light-curve head's output (the inverse of :meth:`prot_targets`)."""
+        y = np.asarray(y, np.float64)
+        if self.prot_target == "log":
+            return 10 ** (y * np.log10(1.0 + self.prot_clip_days)) - 1.0
+        return y * PROT_SCALE_DAYS
 
 
 @dataclass

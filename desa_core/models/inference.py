@@ -32,6 +32,80 @@ from desa_core.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
+# What :class:`Predictor` writes per star (stars.parquet, the upload panel): the run's trained read-outs.
+PREDICTION_COLUMNS = ("p_binary", "age_pred_gyr", "age_pred_lo_gyr", "age_pred_hi_gyr", "teff_pred", "logg_pred",
+                      "feh_pred", "prot_pred_days")
+PREDICTION_LABELS = {
+    "p_binary": "P(binary) (binary head)", "age_pred_gyr": "age, median (age head) [Gyr]",
+    "age_pred_lo_gyr": "age, conformal lower bound (0.14) [Gyr]", "age_pred_hi_gyr": "age, conformal upper bound (0.86) [Gyr]",
+    "teff_pred": "Teff from the spectrum encoder's head [K]", "logg_pred": "logg from the spectrum encoder's head",
+    "feh_pred": "[Fe/H] from the spectrum encoder's head", "prot_pred_days": "Prot from the light-curve encoder's head [d]",
+}
+
+
+class Predictor:
+    """The run's trained read-outs of a star: P(binary) and the conformalized age (the fine-tuned heads on the
+    DualFormer's [p_s ; p_l]), Teff / logg / [Fe/H] (the spectra encoder's pretraining quantile head on its
+    feature) and Prot (the light-curve encoder's quantile head on its feature); medians of the quantiles.
+
+        pred = Predictor.from_run("runs/small").predict(z_lc, z_spec)    # dict of (N,) arrays, PREDICTION_COLUMNS
+
+    ``z_lc`` / ``z_spec`` are the encoder features (the 'light_curve' / 'spectrum' outputs of
+    :class:`Embedder`), NaN rows for a missing modality: the spectrum's columns are then NaN, and so on; the
+    heads read the DualFormer, which stands in a placeholder for a missing stream, so every star gets them.
+    For a ``finetune_last_block`` run the encoders' heads read the fine-tuned features they were not trained
+    on (a small mismatch); the default run freezes the encoders."""
+
+    def __init__(self, dualformer, heads: dict | None, lc_head, spec_head, quantiles, train_cfg):
+        self.dualformer, self.heads = dualformer.eval(), heads
+        self.lc_head, self.spec_head = lc_head, spec_head
+        self.median = int(np.argmin(np.abs(np.asarray(quantiles) - 0.5)))
+        self.n_quantiles = len(quantiles)
+        self.train_cfg = train_cfg
+
+    @classmethod
+    def from_run(cls, run_dir) -> "Predictor":
+        run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+        cfg = run.config
+        q = cfg.train.quantiles
+
+        def linear(stage: str) -> torch.nn.Linear:
+            st = run.load_state(stage)
+            w, b = st["regressor.weight"], st["regressor.bias"]
+            lin = torch.nn.Linear(w.shape[1], w.shape[0])
+            lin.load_state_dict({"weight": w, "bias": b})
+            return lin.eval()
+
+        heads = run.heads() if run.heads_path.is_file() else None
+        return cls(run.dualformer(), heads, linear("light_curve_encoder"), linear("spectra_encoder"), q, cfg.train)
+
+    @torch.no_grad()
+    def predict(self, z_lc, z_spec, batch_size: int = 4096) -> dict:
+        from desa_core.models.config import TEFF_SCALE_K
+        from desa_core.models.heads import predict_age, predict_binary
+        z_lc, z_spec = np.asarray(z_lc, np.float32), np.asarray(z_spec, np.float32)
+        n = len(z_lc)
+        has_l, has_s = np.isfinite(z_lc).all(axis=1), np.isfinite(z_spec).all(axis=1)
+        out = {k: np.full(n, np.nan) for k in PREDICTION_COLUMNS}
+        for i in range(0, n, batch_size):
+            sl = slice(i, min(n, i + batch_size))
+            zl = torch.from_numpy(np.where(has_l[sl, None], z_lc[sl], 0.0).astype(np.float32))
+            zs = torch.from_numpy(np.where(has_s[sl, None], z_spec[sl], 0.0).astype(np.float32))
+            hl, hs = torch.from_numpy(has_l[sl]), torch.from_numpy(has_s[sl])
+            if self.heads is not None:
+                o = self.dualformer(zs, zl, hs, hl)
+                x = torch.cat([o["p_s"], o["p_l"]], 1).float().numpy()
+                out["p_binary"][sl] = predict_binary(self.heads["binary"], x)
+                lo, mid, hi = predict_age(self.heads["age"], x)
+                out["age_pred_lo_gyr"][sl], out["age_pred_gyr"][sl], out["age_pred_hi_gyr"][sl] = lo, mid, hi
+            ql = self.lc_head(zl).numpy()[:, self.median]
+            out["prot_pred_days"][sl] = np.where(has_l[sl], self.train_cfg.prot_from_targets(ql), np.nan)
+            qs = self.spec_head(zs).numpy().reshape(len(zs), 3, self.n_quantiles)[:, :, self.median]
+            for j, (col, scale) in enumerate((("teff_pred", TEFF_SCALE_K), ("logg_pred", 1.0), ("feh_pred", 1.0))):
+                out[col][sl] = np.where(has_s[sl], qs[:, j] * scale, np.nan)
+        return out
+
+
 def _usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -52,6 +126,7 @@ class Embedder:
                      "spectrum": spec_encoder.out_dim}
         self.run_dir: Path | None = None
         self.survey_sha256: str | None = None     # the survey the run was trained on
+        self.predictor: Predictor | None = None
 
     @classmethod
     def from_run(cls, run_dir, device=None) -> "Embedder":
@@ -62,7 +137,17 @@ class Embedder:
         emb = cls(run.config, lc, sp, run.dualformer(), run.fingerprint, device)
         emb.run_dir = run.path
         emb.survey_sha256 = run.survey_manifest_sha256
+        emb.predictor = Predictor.from_run(run)
         return emb
+
+    def predict(self, out: dict) -> dict:
+        """The run's predicted properties (PREDICTION_COLUMNS) of embedded stars (an :meth:`embed_store` /
+        :meth:`embed_single` result); empty when the embedder was not loaded from a run."""
+        if self.predictor is None:
+            return {}
+        z_lc, z_sp = np.atleast_2d(out["light_curve"]), np.atleast_2d(out["spectrum"])
+        res = self.predictor.predict(z_lc, z_sp)
+        return res if np.ndim(out["light_curve"]) == 2 else {k: float(v[0]) for k, v in res.items()}
 
     # ------------------------------------------------------------------------------------------- internals
     @torch.no_grad()

@@ -34,7 +34,7 @@ from desa_core.data.preprocess import (LUMINOSITY_COLUMN, RV_COLUMN, clean_light
                                        preprocess_spectra, spectrum_snr)
 from desa_core.data.store import (SurveyStore, atomic_write_bytes, atomic_write_json, catalog_column,
                                   sha256_file)
-from desa_core.models.config import DesaConfig, TrainConfig
+from desa_core.models.config import TEFF_SCALE_K, DesaConfig, TrainConfig
 from desa_core.models.encoder_tails import EncoderTails, PenultimateInputs
 from desa_core.models.light_curve_encoder import LightCurvePretrainer
 from desa_core.models.spectra_encoder import SpectraPretrainer
@@ -47,8 +47,6 @@ from desa_core.train.loop import (CsvLog, autocast, batch_means, fit_epochs, lr_
 log = logging.getLogger(__name__)
 
 STAGES = ("light_curve_encoder", "spectra_encoder", "features", "dualformer")
-PROT_SCALE_DAYS = 70.0
-TEFF_SCALE_K = 5778.0
 
 
 @dataclass
@@ -197,15 +195,6 @@ def light_curve_inputs(ctx: RunContext, cache: Cache, stars: np.ndarray, rng) ->
     return torch.from_numpy(light_curve_channels(x, catalog_column(cat, LUMINOSITY_COLUMN)[stars], ctx.cfg.preprocess, rng))
 
 
-def prot_targets(prot_days, tc: TrainConfig) -> np.ndarray:
-    """Light-curve pretraining target from Prot [d], clipped at ``tc.prot_clip_days``: Prot / 70 d (the paper's,
-    ``prot_target: linear``) or log10(1 + Prot) / log10(1 + clip) (``log``, in [0, 1]). NaN stays NaN (no loss)."""
-    p = np.minimum(np.asarray(prot_days, np.float64), tc.prot_clip_days)
-    if tc.prot_target == "log":
-        return np.log10(1.0 + p) / np.log10(1.0 + tc.prot_clip_days)
-    return p / PROT_SCALE_DAYS
-
-
 def stage_light_curve_encoder(ctx: RunContext) -> torch.nn.Module:
     cfg, tc, info = ctx.cfg, ctx.cfg.train, ctx.info
     cache = ensure_cache(ctx)
@@ -213,7 +202,7 @@ def stage_light_curve_encoder(ctx: RunContext) -> torch.nn.Module:
     val_stars = _encoder_rows(ctx, cache, "lc", "val")[: tc.val_max_stars]
     if len(train_stars) < 2:
         raise ValueError(f"{ctx.store.path}: fewer than 2 training stars with a light curve")
-    prot = prot_targets(catalog_column(ctx.store.catalog, "prot_days"), tc)
+    prot = tc.prot_targets(catalog_column(ctx.store.catalog, "prot_days"))
     torch.manual_seed(tc.seed)
     net = LightCurvePretrainer(cfg.light_curve, tc.quantiles, tc.ssl_weight, tc.regression_weight).to(info.device)
     model = ddp.wrap(net, info)

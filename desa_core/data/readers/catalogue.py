@@ -25,14 +25,15 @@ log = logging.getLogger(__name__)
 COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "ra": ("ra", "radeg", "raj2000", "raicrs", "raobj", "radeg_"),
     "dec": ("dec", "decdeg", "dej2000", "decj2000", "deicrs", "decobj", "dedeg"),
-    "teff": ("teff", "teffk", "teffspec", "tefflamost"),
-    "logg": ("logg", "loggspec", "logglamost"),
-    "feh": ("feh", "fehspec", "fehlamost", "mh", "metallicity"),
+    "teff": ("teff", "teffk", "teffspec", "tefflamost", "teffobs"),
+    "logg": ("logg", "loggspec", "logglamost", "loggobs"),
+    "feh": ("feh", "fehspec", "fehlamost", "mh", "metallicity", "fehobs"),
     "mass": ("mass", "massmsun", "mstar"),
     "radius": ("radius", "radiusrsun", "rad", "rstar"),
     "log_lum": ("loglum", "logl", "loglsun"),
     "age_gyr": ("agegyr", "age"),
-    "prot_days": ("protdays", "prot", "period", "protd"),
+    # Not "period": in a cross-match that is as often an orbital (or pulsation) period as a rotation period.
+    "prot_days": ("protdays", "prot", "protd", "rotationperiod"),
     "binary_class": ("binaryclass",),
     "is_binary": ("isbinary", "binary", "binaryflag"),
     "porb_days": ("porbdays", "porb", "orbitalperiod"),
@@ -43,10 +44,23 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "bp_rp": ("bprp", "gaiabprp"),
     "abs_g": ("absg", "absgmag"),
     "parallax_mas": ("parallaxmas", "parallax", "plx"),
+    "parallax_error_mas": ("parallaxerror", "parallaxerrormas", "eplx", "plxerr", "eparallax", "errparallax"),
+    "parallax_over_error": ("parallaxovererror", "plxovererr"),
+    # Gaia DR3 inputs of the Lindegren et al. 2021 parallax zero-point (desa_core/data/observed.py)
+    "nu_eff_used_in_astrometry": ("nueffusedinastrometry", "nueff"),
+    "pseudocolour": ("pseudocolour", "pseudocolor"),
+    "ecl_lat": ("ecllat", "eclipticlatitude"),
+    "astrometric_params_solved": ("astrometricparamssolved",),
+    # extinction estimates (first found is used: A_G, E(BP-RP), A_V / A_0, E(B-V))
+    "a_g": ("ag", "aggspphot", "agval", "ag0", "extinctiong"),
+    "e_bp_rp": ("ebprp", "ebpminrp", "ebpminrpgspphot", "ebpminrpval", "ebprp0"),
+    "a_v": ("av", "a0", "azerogspphot", "av0", "extinctionv"),
+    "ebv": ("ebv", "ebminusv", "ebmv", "ebv0", "reddening"),
     "ruwe": ("ruwe",),
     "kepmag": ("kepmag", "kp", "kepmagnitude"),
     "rv_kms_obs": ("rvkmsobs", "heliorv", "rv", "rvkms", "radialvelocity"),
 }
+AMBIGUOUS = ("period", "per", "p")
 KIC_ALIASES = ("kic", "kepid", "kicid", "keplerid", "kepidkic", "starid")
 OBSID_ALIASES = ("obsid", "lamostobsid", "obsidlamost")
 CATALOGUE_FORMATS = {".csv": "ascii.csv", ".txt": "ascii.csv", ".tsv": "ascii.tab",
@@ -150,6 +164,10 @@ def read_catalogue(path: str | os.PathLike) -> Catalogue:
             if a in keys and keys[a] not in found.values():
                 found[store_col] = keys[a]
                 break
+    for a in AMBIGUOUS:
+        if a in keys:
+            log.warning("%s: column %r is not read as a rotation period (it may be an orbital period); name it "
+                        "'prot' for a rotation period or 'porb' for an orbital one", path, keys[a])
     kic_col = next((keys[a] for a in KIC_ALIASES if a in keys), None)
     obsid_col = next((keys[a] for a in OBSID_ALIASES if a in keys), None)
     id_col = next((keys[a] for a in ("starid", "name", "designation", "sourceid", "id") if a in keys), None)

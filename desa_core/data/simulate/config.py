@@ -58,7 +58,7 @@ class SimulationConfig:
     kepler_resolve_arcsec: float = 4.0    # wider companions fall outside the Kepler aperture
 
     # Rotation
-    gyro_scatter_dex: float = 0.03     # cluster slow sequences: 0.02-0.05 dex about the model
+    gyro_scatter_dex: float = 0.015    # BPH23 benchmark members: 0.016-0.029 dex (MAD) about the model
     rossby_critical: float = 2.0          # van Saders et al. 2016 weakened braking
     kraft_break_teff: float = 6350.0   # centre of a gradual (150-K logistic) Kraft break
     young_convergence_gyr: float = 0.05   # unconverged fast rotators: P(fast) = 1/(1 + (age / (t M^-3))^3)

@@ -58,6 +58,11 @@ class LightCurveConfig:
     noise_photon_ppm_kp12: float = 56.6
     quarter_offset_ppm: float = 10.0     # residual per-quarter level offset (1 sigma): PDCSAP/KADACS leave little
     quarter_trend_ppm: float = 15.0      # residual linear trend across a quarter (1 sigma, end-to-end)
+    # PDCSAP-like long-period suppression (off by default: the default light curves keep the full spot signal,
+    # as KEPSEISMIC/KADACS light curves and the Santos et al. catalogues do). When > 0, each quarter is
+    # high-pass filtered (minus a Gaussian-smoothed copy) so that a sinusoid of this period keeps half its
+    # amplitude: ~94 % at P/2, ~16 % at 2P, like Kepler PDC-MAP's removal of signals beyond ~20 d.
+    pdcsap_filter_days: float = 0.0
 
     # Starspots
     n_spot_slots: int = 12               # many overlapping spots: smooth, two-sided modulation like real stars
@@ -304,6 +309,29 @@ def binary_signal(stars: pd.DataFrame, time: np.ndarray, rng: np.random.Generato
     return out
 
 
+def pdcsap_like_filter(time: np.ndarray, flux: np.ndarray, quarter: np.ndarray, half_power_days: float) -> np.ndarray:
+    """Suppress slow signals quarter by quarter as Kepler's PDC-MAP does (it removes them with the co-trending
+    basis vectors): flux minus its Gaussian-smoothed copy within each quarter (normalised convolution, so gaps
+    and quarter edges do not bias the smooth). The Gaussian's sigma = 0.187 ``half_power_days`` makes the
+    amplitude transfer 1 - exp(-2 pi^2 sigma^2 / P^2) equal 1/2 at P = ``half_power_days``."""
+    from scipy.ndimage import gaussian_filter1d
+
+    dt = float(np.median(np.diff(time)))
+    sigma = np.sqrt(np.log(2.0) / 2.0) / np.pi * half_power_days / dt
+    out = np.array(flux, dtype=np.float32, copy=True)
+    for q in np.unique(quarter):
+        cols = np.flatnonzero(quarter == q)
+        seg = out[:, cols].astype(np.float64)
+        good = np.isfinite(seg)
+        x = np.where(good, seg - 1.0, 0.0)
+        num = gaussian_filter1d(x, sigma, axis=1, mode="constant")
+        den = gaussian_filter1d(good.astype(np.float64), sigma, axis=1, mode="constant")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            trend = np.where(den > 1e-3, num / den, 0.0)
+        out[:, cols] = np.where(good, seg - trend, np.nan).astype(np.float32)
+    return out
+
+
 def simulate_light_curves(stars: pd.DataFrame, time: np.ndarray, rng: np.random.Generator,
                           cfg: LightCurveConfig | None = None) -> np.ndarray:
     """Kepler-like light curves of ``stars`` on ``time``: (n, T) float32 relative flux, median ~1, NaN in gaps.
@@ -364,6 +392,8 @@ def simulate_light_curves(stars: pd.DataFrame, time: np.ndarray, rng: np.random.
         flux[:, gaps] = np.nan
         if cfg.missing_fraction > 0:
             flux[rng.uniform(size=(m, T)) < cfg.missing_fraction] = np.nan
+        if cfg.pdcsap_filter_days > 0:
+            flux = pdcsap_like_filter(time, flux, quarter, cfg.pdcsap_filter_days)
         med = np.nanmedian(flux, axis=1)
         out[c0:c0 + m] = flux / np.where(np.isfinite(med) & (med != 0), med, 1.0)[:, None]
         log.debug("light curves: %d/%d stars", c0 + m, n)

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from desa_core.data import observed as obs
 from desa_core.data.simulate import binaries as bn
 from desa_core.data.simulate import photometry as ph
 from desa_core.data.simulate import population as pop
@@ -179,27 +180,6 @@ def kepler_target_keep_probability(kepmag, cfg: SimulationConfig) -> np.ndarray:
     return np.minimum(1.0, 10 ** (-cfg.kepler_faint_slope * (kp - cfg.kepler_complete_kepmag)))
 
 
-def main_sequence_reference(feh: float, age_gyr: float = 4.0):
-    """(bp_rp, M_G) of the single-star main sequence used for ``delta_mag_ms``: a MIST isochrone at
-    ``age_gyr`` (~ the field median, so it traces the single-star ridge as Simonian et al. 2019 fit it)
-    and ``feh`` (the population mean), 0.1-1.6 Msun, in our photometric system."""
-    m = np.linspace(0.1, 1.6, 400)
-    st = interpolate_stars(m, np.full_like(m, age_gyr), np.full_like(m, feh))
-    ok = st["valid"] & (st["eep"] < 454)
-    mags = ph.absolute_magnitudes(st["teff"][ok], st["log_lum"][ok], feh, st["logg"][ok])
-    x = mags["BP"] - mags["RP"]
-    order = np.argsort(x)
-    return x[order], mags["G"][order]
-
-
-def delta_mag_main_sequence(bp_rp, abs_g, reference) -> np.ndarray:
-    """How far (mag) a star sits above (brighter than) the single-star main sequence at its BP-RP."""
-    x, mg = reference
-    bp_rp = np.asarray(bp_rp, float)
-    inside = (bp_rp >= x[0]) & (bp_rp <= x[-1])
-    return np.where(inside, np.interp(bp_rp, x, mg) - np.asarray(abs_g, float), np.nan)
-
-
 def _stellar_properties(cat: pd.DataFrame, rng: np.random.Generator, cfg: SimulationConfig,
                         lc_start: float, lc_span: float) -> pd.DataFrame:
     """Rotation, activity, orbits/RVs, Gaia-like errors and observed values of the selected stars."""
@@ -245,34 +225,43 @@ def _stellar_properties(cat: pd.DataFrame, rng: np.random.Generator, cfg: Simula
         "rv_kms_obs": np.where(has_spec, rv1 + rng.normal(0.0, cfg.rv_error_kms, n), np.nan),
     })
 
-    # Gaia-like astrometry and photometry.
+    # Gaia-like astrometry and photometry. The observed parallax carries the Gaia DR3 zero-point (Lindegren et al.
+    # 2021) that the observed-columns module removes again, as it does for a real catalogue.
     d = c["distance_pc"].to_numpy()
     g = c["gaia_g"].to_numpy()
     plx = 1000.0 / d
     plx_err = ph.parallax_error_mas(g)
     a_au = c["a_rsun"].to_numpy() / bn.RSUN_PER_AU
+    zp = obs.parallax_zero_point(g, c["gaia_bp"].to_numpy() - c["gaia_rp"].to_numpy(), c["ra"].to_numpy(),
+                                 c["dec"].to_numpy())
     out.update({"parallax_mas": plx, "parallax_error_mas": plx_err,
-                "parallax_mas_obs": plx + rng.normal(0.0, 1.0, n) * plx_err,
+                "parallax_mas_obs": plx + zp + rng.normal(0.0, 1.0, n) * plx_err,
                 "ruwe": ph.ruwe(plx, a_au, porb, out["mass_ratio"], c["flux_ratio_g"].to_numpy(), g, rng)})
     for band, col in (("G", "gaia_g"), ("BP", "gaia_bp"), ("RP", "gaia_rp")):
         err = ph.photometric_error(g, band)
         out[f"{col}_error"] = err
         out[f"{col}_obs"] = c[col].to_numpy() + rng.normal(0.0, 1.0, n) * err
-    a_v = c["a_v"].to_numpy()
     out["bp_rp_obs"] = out["gaia_bp_obs"] - out["gaia_rp_obs"]
-    out["bp_rp0_obs"] = out["bp_rp_obs"] - (ph.A_BP_AV - ph.A_RP_AV) * a_v
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["abs_g_obs"] = np.where(out["parallax_mas_obs"] > 0, out["gaia_g_obs"] + 5 * np.log10(
-            np.where(out["parallax_mas_obs"] > 0, out["parallax_mas_obs"], 1.0) / 100.0) - ph.A_G_AV * a_v, np.nan)
-    ref = main_sequence_reference(cfg.feh_mean)
-    out["delta_mag_ms"] = delta_mag_main_sequence(c["bp_rp"].to_numpy(), c["abs_g"].to_numpy(), ref)
-    out["delta_mag_ms_obs"] = delta_mag_main_sequence(out["bp_rp0_obs"], out["abs_g_obs"], ref)
+    ref = obs.main_sequence_reference(cfg.feh_mean)
+    out["delta_mag_ms"] = obs.delta_mag_main_sequence(c["bp_rp"].to_numpy(), c["abs_g"].to_numpy(), ref)
 
     # LAMOST-pipeline-like labels for stars with a spectrum (typical LASP errors).
     for col, sig in (("teff", 100.0), ("logg", 0.15), ("feh", 0.10)):
         out[f"{col}_obs"] = np.where(has_spec, c[col].to_numpy() + rng.normal(0.0, sig, n), np.nan)
+    # A dust-map extinction estimate (what a real cross-match would carry): the true A_V with a 0.03 mag + 10 %
+    # error. Drawn last, so the draws above are those of earlier versions of this stream.
+    a_v = c["a_v"].to_numpy()
+    out["a_v_obs"] = np.maximum(a_v + rng.normal(0.0, 1.0, n) * (0.03 + 0.1 * a_v), 0.0)
     for k, v in out.items():
         cat[k] = v
+    # The observed CMD / HR columns, derived exactly as for a real catalogue (desa_core.data.observed).
+    seen = pd.DataFrame({"gaia_g": cat["gaia_g_obs"], "gaia_bp": cat["gaia_bp_obs"], "gaia_rp": cat["gaia_rp_obs"],
+                         "parallax_mas": cat["parallax_mas_obs"], "parallax_error_mas": cat["parallax_error_mas"],
+                         "a_v": cat["a_v_obs"], "ra": cat["ra"], "dec": cat["dec"], "teff_obs": cat["teff_obs"],
+                         "feh_obs": cat["feh_obs"]})
+    derived, _ = obs.observed_columns(seen, ms_reference=ref)
+    for k in derived.columns:
+        cat[k] = derived[k].to_numpy()
     return cat
 
 
@@ -374,16 +363,20 @@ def _mp_context():
 def _chunk_job(args) -> int:
     """Light curves and spectra of one chunk of stars, written straight into the store's memory maps."""
     (chunk, seed, cfg, stars_lc, lc0, stars_sp, sp0, paths) = args
+    from desa_core.data.periods import measure_periods
     from desa_core.data.simulate.light_curves import kepler_time_grid, simulate_light_curves
     from desa_core.data.simulate.spectra import lamost_wavelength_grid, simulate_spectra
 
+    periods = None
     if len(stars_lc):
-        flux = simulate_light_curves(stars_lc, kepler_time_grid(cfg.light_curve),
-                                     _rng(seed, STREAM_LIGHT_CURVES, chunk), cfg.light_curve)
+        grid = kepler_time_grid(cfg.light_curve)
+        flux = simulate_light_curves(stars_lc, grid, _rng(seed, STREAM_LIGHT_CURVES, chunk), cfg.light_curve)
         mm = np.load(paths["lc"], mmap_mode="r+")
         mm[lc0:lc0 + len(stars_lc)] = flux
         mm.flush()
         del mm
+        # What a survey pipeline measures from these light curves (desa_core.data.periods).
+        periods = (lc0, measure_periods(grid, flux))
     if len(stars_sp):
         sflux, sivar = simulate_spectra(stars_sp, lamost_wavelength_grid(cfg.spectrum),
                                         _rng(seed, STREAM_SPECTRA, chunk), cfg.spectrum)
@@ -392,7 +385,30 @@ def _chunk_job(args) -> int:
             mm[sp0:sp0 + len(stars_sp)] = arr
             mm.flush()
             del mm
-    return len(stars_lc) + len(stars_sp)
+    return len(stars_lc) + len(stars_sp), periods
+
+
+def _with_measured_periods(catalog: pd.DataFrame, measured, n_lc: int) -> pd.DataFrame:
+    """The catalogue with the periods measured from each chunk's light curves (PERIOD_COLUMNS; NaN / False for
+    stars without a light curve)."""
+    from desa_core.data.periods import PERIOD_COLUMNS
+
+    by_row = {}
+    for lc0, res in measured:
+        for k, v in res.items():
+            by_row.setdefault(k, np.zeros(n_lc, dtype=v.dtype))[lc0:lc0 + len(v)] = v
+    lc_row = catalog["lc_row"].to_numpy(np.int64)
+    has = lc_row >= 0
+    catalog = catalog.copy()
+    for k in PERIOD_COLUMNS:
+        if k == "rotation_detected":
+            vals = np.zeros(len(catalog), dtype=bool)
+        else:
+            vals = np.full(len(catalog), np.nan if k.endswith("_days") else 0.0)
+        if k in by_row and n_lc:
+            vals[has] = by_row[k][lc_row[has]]
+        catalog[k] = vals
+    return catalog
 
 
 def simulate_survey(n_stars: int | None = None, seed: int = 42, out: str | os.PathLike = "data/survey",
@@ -429,6 +445,7 @@ def simulate_survey(n_stars: int | None = None, seed: int = 42, out: str | os.Pa
             sp0 = int(sp["spec_row"].iloc[0]) if len(sp) else 0
             jobs.append((chunk, seed, cfg, lc.reset_index(drop=True), lc0, sp.reset_index(drop=True), sp0, paths))
         bar = _progress(total=n_lc + n_sp, desc="light curves + spectra", disable=not progress)
+        measured = []
         t1 = time.time()
         if cfg.workers > 1 and len(jobs) > 1:
             # Memory maps are flushed by the parent before workers write the same files; the parent's own
@@ -438,11 +455,16 @@ def simulate_survey(n_stars: int | None = None, seed: int = 42, out: str | os.Pa
             with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=_mp_context()) as ex:
                 futures = [ex.submit(_chunk_job, j) for j in jobs]
                 for f in as_completed(futures):
-                    bar.update(f.result())
+                    done, periods = f.result()
+                    bar.update(done)
+                    measured.append(periods)
         else:
             for j in jobs:
-                bar.update(_chunk_job(j))
+                done, periods = _chunk_job(j)
+                bar.update(done)
+                measured.append(periods)
         bar.close()
+        catalog = _with_measured_periods(catalog, [m for m in measured if m is not None], n_lc)
         log.info("light curves and spectra done in %.1f s (%d chunks, %d workers)", time.time() - t1, len(jobs),
                  cfg.workers)
         info = {"source": "simulated", "generator": GENERATOR, "generator_version": GENERATOR_VERSION,
