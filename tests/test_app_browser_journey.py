@@ -7,6 +7,7 @@ The README screenshot (docs/img/compare_presets.png) is taken here.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -174,6 +175,40 @@ def test_hover_and_click_a_star_opens_its_detail(page):
     assert page.errors == [], "after the click: " + " || ".join(page.errors)
     page.get_by_role("button", name="Show star").click()
     time.sleep(1)
+    # the model's predictions next to the catalogue's values, beside the ACF / periodogram / folded plots
+    page.get_by_text("Model predictions").wait_for(timeout=30_000)
+    page.locator(".tabulator-cell", has_text="P(binary) (binary head)").first.wait_for(timeout=30_000)
+    _no_errors(page)
+
+
+def test_upload_several_quarters_placed_on_the_umap_with_predictions(page, server, trained_demo, tmp_path):
+    """Two quarters of a survey star's light curve, as Kepler FITS files under a KEPLERID the set does not
+    hold: stitched, embedded by the model, searched, placed on the UMAP and summarised with its measured
+    period and predicted properties."""
+    import numpy as np
+    from desa_core.data.store import SurveyStore
+    from fits_fixtures import write_kepler_quarter
+    store = SurveyStore.open(trained_demo.survey)
+    cat = store.catalog
+    # a detected rotator whose period three cycles of the 20-day light curve can show
+    row = int(cat.index[(cat["lc_row"] >= 0) & cat["rotation_detected"] & (cat["prot_acf_days"] < 5)][0])
+    t, f = store.light_curve(row)
+    ok = np.isfinite(f)
+    half = len(t) // 2
+    paths = [write_kepler_quarter(tmp_path / f"kplr099999999-q{q}_llc.fits", 99999999, q, t[sl][ok[sl]],
+                                  1e4 * f[sl][ok[sl]]) for q, sl in ((2, slice(0, half)), (3, slice(half, None)))]
+    _tab(page, "Similarity search")
+    page.locator("input[type=file]").first.set_input_files([str(p) for p in paths])
+    time.sleep(2.0)  # the files travel over the websocket
+    page.get_by_role("button", name="Embed upload and search").click()
+    page.get_by_text("nearest neighbours of upload").wait_for(timeout=60_000)
+    for text in ("catalogue match", "placed on", "P_rot, ACF (peak height)", "predicted: P(binary) (binary head)"):
+        page.locator(".tabulator-cell", has_text=text).first.wait_for(timeout=30_000)
+    assert page.locator(".tabulator-cell", has_text="umap").count() >= 1      # placed on the UMAP
+    # both measured periods shown as "P d (height or power)": the ACF's and the periodogram's
+    assert page.locator(".tabulator-cell", has_text=re.compile(r"^\d[\d.]* d \(\d\.\d\d\)")).count() >= 2
+    assert page.locator(".tabulator-cell", has_text=re.compile(r"^2$")).count() >= 1   # two quarters stitched
+    page.screenshot(path=str(SHOTS / "12_upload_placed.png"), full_page=True)
     _no_errors(page)
 
 

@@ -219,14 +219,16 @@ def read_uploaded_light_curve(files, filename: str | None = None):
 
 
 def _upload_periods(lc) -> dict:
-    """Measured rotation periods of an uploaded light curve (ACF and Lomb-Scargle, desa_core.data.periods),
-    on the Kepler long-cadence grid as ``desa ingest`` puts it."""
+    """Measured rotation periods of an uploaded light curve (ACF and Lomb-Scargle, desa_core.data.periods), on a
+    uniform grid at the file's own cadence (the Kepler long cadence for MAST files; a coarser one for binned
+    data, which on a finer grid would leave every other point empty)."""
     if lc is None:
         return {}
     from desa_core.data.periods import measure_periods
     from desa_core.data.readers.kepler import KEPLER_LONG_CADENCE_MIN, bin_to_grid, cadence_grid
     t, f = lc[0], lc[1]
-    grid = cadence_grid(float(t.min()), float(t.max()), KEPLER_LONG_CADENCE_MIN / 1440.0)
+    step = max(float(np.median(np.diff(np.sort(t)))), KEPLER_LONG_CADENCE_MIN / 1440.0)
+    grid = cadence_grid(float(t.min()), float(t.max()), step)
     res = measure_periods(grid, bin_to_grid(t, f, grid)[None])
     return {k: (bool(v[0]) if v.dtype == bool else float(v[0])) for k, v in res.items()}
 

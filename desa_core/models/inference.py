@@ -93,7 +93,10 @@ class Predictor:
             zs = torch.from_numpy(np.where(has_s[sl, None], z_spec[sl], 0.0).astype(np.float32))
             hl, hs = torch.from_numpy(has_l[sl]), torch.from_numpy(has_s[sl])
             if self.heads is not None:
-                o = self.dualformer(zs, zl, hs, hl)
+                # a label-conditioned ablation run gets NaN labels, as an upload does (embed_single)
+                lab = (torch.full((len(zs), self.dualformer.n_labels), float("nan"))
+                       if self.dualformer.n_labels else None)
+                o = self.dualformer(zs, zl, hs, hl, labels=lab)
                 x = torch.cat([o["p_s"], o["p_l"]], 1).float().numpy()
                 out["p_binary"][sl] = predict_binary(self.heads["binary"], x)
                 lo, mid, hi = predict_age(self.heads["age"], x)
