@@ -162,6 +162,12 @@ def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_
                 yield store.catalog.iloc[i:i + step]
 
     names = [k for k in EMBEDDING_NAMES if k in dims] + [k for k in dims if k not in EMBEDDING_NAMES]
+    # A survey without light curves (LAMOST-style, spectra only) or without spectra has no stars in that stream:
+    # no index, no map, and the set does not offer it (the DESA embedding is defined for every star).
+    empty = [k for k in names if k != "desa" and not S.has_defined_row(np.load(out / embedding_file(k), mmap_mode="r"))]
+    for k in empty:
+        log.info("no star has a %s embedding (a survey without that modality): no index or map for it", k)
+    names = [k for k in names if k not in empty]
 
     # ------------------------------------------------------------------ stage 1b: predicted properties
     predict_fp = None
@@ -233,6 +239,7 @@ def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_
 
     # ------------------------------------------------------------------ stage 5: manifest
     stage_names = [emb_stage] + (["predict"] if predict_fp else []) + [f"index_{k}" for k in names] + ["maps", "stars"]
+    dims = {k: v for k, v in dims.items() if k in names}
     records = {s: _read_record(book, s) for s in stage_names}
     files = {}
     for s in stage_names:

@@ -267,6 +267,14 @@ def mean_of_rows(emb: np.ndarray, rows: np.ndarray, chunk: int = 1_000_000) -> n
     return (total / max(len(rows), 1)).astype(np.float32)
 
 
+def has_defined_row(emb: np.ndarray, chunk: int = 100_000) -> bool:
+    """Whether any star has this embedding (stops at the first chunk that has one)."""
+    for i in range(0, emb.shape[0], chunk):
+        if np.isfinite(np.asarray(emb[i:i + chunk])).all(axis=1).any():
+            return True
+    return False
+
+
 def defined_rows(emb: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
     """Rows of an embedding that are finite (stars that have the modality)."""
     ok = np.concatenate([np.isfinite(np.asarray(emb[i:i + chunk])).all(axis=1)

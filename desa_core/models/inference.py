@@ -188,19 +188,26 @@ class Embedder:
     # ----------------------------------------------------------------------------------------------- API
     def _training_features(self, store):
         """The run's features (RunDir.desa_features_path) when ``store`` is the survey it was trained on (same
-        manifest), else None."""
+        manifest), else None. Read and checked once per store and kept: precompute calls this once per chunk,
+        and a Dask worker embeds many chunks with one Embedder (reading the whole file for every chunk made the
+        Dask path slower than the in-process one)."""
         if self.run_dir is None or not self.survey_sha256:
             return None
         fpath = RunDir(self.run_dir).desa_features_path
         mpath = Path(store.path) / "manifest.json"
         if not fpath.is_file() or not mpath.is_file():
             return None
-        if hashlib.sha256(mpath.read_bytes()).hexdigest() != self.survey_sha256:
-            return None
-        with np.load(fpath, allow_pickle=False) as z:
-            feats = {k: z[k] for k in ("star_id", "z_lc", "z_spec", "has_lc", "has_spec")}
-        if not np.array_equal(feats["star_id"].astype(str), store.catalog["star_id"].astype(str).to_numpy()):
-            return None
+        key = (str(Path(store.path).resolve()), mpath.stat().st_mtime_ns, fpath.stat().st_mtime_ns)
+        cached = getattr(self, "_features_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        feats = None
+        if hashlib.sha256(mpath.read_bytes()).hexdigest() == self.survey_sha256:
+            with np.load(fpath, allow_pickle=False) as z:
+                feats = {k: z[k] for k in ("star_id", "z_lc", "z_spec", "has_lc", "has_spec")}
+            if not np.array_equal(feats["star_id"].astype(str), store.catalog["star_id"].astype(str).to_numpy()):
+                feats = None
+        self._features_cache = (key, feats)
         return feats
 
     @torch.no_grad()

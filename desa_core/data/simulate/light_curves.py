@@ -61,7 +61,8 @@ class LightCurveConfig:
     # PDCSAP-like long-period suppression (off by default: the default light curves keep the full spot signal,
     # as KEPSEISMIC/KADACS light curves and the Santos et al. catalogues do). When > 0, each quarter is
     # high-pass filtered (minus a Gaussian-smoothed copy) so that a sinusoid of this period keeps half its
-    # amplitude: ~94 % at P/2, ~16 % at 2P, like Kepler PDC-MAP's removal of signals beyond ~20 d.
+    # amplitude (~94 % at P/2, ~16 % at 2P). 30-40 d reproduces how much less often McQuillan et al. 2014 (PDC-MAP)
+    # recovered Santos et al.'s long periods than their short ones (docs/validation.md).
     pdcsap_filter_days: float = 0.0
 
     # Starspots
