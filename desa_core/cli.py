@@ -51,7 +51,7 @@ def _evaluate(a):
 def _precompute(a):
     from precompute.pipeline import run_precompute
     run_precompute(survey=a.survey, run=a.run, out=a.out, synthetic=a.synthetic, workers=a.workers,
-                   scheduler=a.scheduler, seed=a.seed)
+                   scheduler=a.scheduler, seed=a.seed, device=a.device)
 
 
 def _add(a):
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=0, help="Dask workers for the embedding stage (0: in process)")
     s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default=None, help="cpu or cuda: the model, FAISS training and UMAP (cuML) on a GPU "
+                                                  "or not (default: a GPU wherever one is visible)")
     s.set_defaults(func=_precompute)
 
     s = sub.add_parser("add", help="embed a user's own stars (a survey store, e.g. from `desa ingest`) and add them "

@@ -31,6 +31,9 @@ class UmapConfig:
     knn: int = 10            # fitted neighbours a placed star is interpolated from
     pca_dims: int = 50       # PCA before UMAP when the embedding is wider than this
     chunk: int = 50_000      # rows per transform / PCA chunk
+    # "umap-learn" (CPU), "cuml" (RAPIDS cuML on a GPU, same settings and placement), or "auto": cuML when it is
+    # installed and a GPU is visible, else umap-learn. `desa precompute --device cpu` forces umap-learn.
+    backend: str = "auto"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,7 +96,7 @@ def stream_layout(embedding: np.ndarray, config: UmapConfig | None = None, seed:
 
 
 def _umap_layout(embedding, cfg: UmapConfig, seed: int, progress: bool) -> tuple[np.ndarray, dict]:
-    import umap  # imported here: numba compilation costs seconds and only this stage needs it
+    import umap  # imported here: numba compilation costs seconds and only this stage needs it  # noqa: F401
     from sklearn.decomposition import PCA
 
     n, dim = embedding.shape
@@ -112,13 +115,19 @@ def _umap_layout(embedding, cfg: UmapConfig, seed: int, progress: bool) -> tuple
     if dim > cfg.pca_dims and len(fit_rows) > cfg.pca_dims:
         pca = PCA(n_components=cfg.pca_dims, random_state=seed).fit(fit_x)
         fit_x = pca.transform(fit_x).astype(np.float32)
-    reducer = umap.UMAP(n_neighbors=min(cfg.n_neighbors, len(fit_rows) - 1), min_dist=cfg.min_dist,
-                        metric=cfg.metric, random_state=seed, n_components=2, low_memory=True,
-                        verbose=False)
-    log.info("UMAP: fitting on %d of %d stars (%d dims)", len(fit_rows), n, fit_x.shape[1])
+    backend = umap_backend(cfg.backend)
+    if backend == "cuml":
+        from cuml.manifold import UMAP as CumlUMAP
+        reducer = CumlUMAP(n_neighbors=min(cfg.n_neighbors, len(fit_rows) - 1), min_dist=cfg.min_dist,
+                           metric=cfg.metric, random_state=seed, n_components=2)
+    else:
+        reducer = umap.UMAP(n_neighbors=min(cfg.n_neighbors, len(fit_rows) - 1), min_dist=cfg.min_dist,
+                            metric=cfg.metric, random_state=seed, n_components=2, low_memory=True,
+                            verbose=False)
+    log.info("UMAP (%s): fitting on %d of %d stars (%d dims)", backend, len(fit_rows), n, fit_x.shape[1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs overridden by random_state": determinism is the point
-        coords_fit = reducer.fit_transform(fit_x).astype(np.float32)
+        coords_fit = np.asarray(reducer.fit_transform(fit_x), dtype=np.float32)
     t_fit = time.perf_counter() - t0
     out = np.empty((n, 2), dtype=np.float32)
     out[fit_rows] = coords_fit
@@ -141,10 +150,31 @@ def _umap_layout(embedding, cfg: UmapConfig, seed: int, progress: bool) -> tuple
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     out[rows] = reducer.transform(x)
-    info = {"method": "umap", "n_fit": int(len(fit_rows)), "n_transformed": int(len(rest)),
+    info = {"method": "umap", "backend": backend, "n_fit": int(len(fit_rows)), "n_transformed": int(len(rest)),
             "placement": cfg.placement if len(rest) else "none", "pca_dims": None if pca is None else cfg.pca_dims, "fit_s": round(t_fit, 2), "total_s": round(time.perf_counter() - t0, 2)}
     log.info("UMAP done: %s", info)
     return out, info
+
+
+def umap_backend(choice: str = "auto") -> str:
+    """Which UMAP implementation fits the layout: cuML when asked for (an error if it cannot run) or, for
+    "auto", when it imports and sees a GPU; umap-learn otherwise."""
+    if choice not in ("auto", "cuml", "umap-learn"):
+        raise ValueError(f"unknown UMAP backend {choice!r}: use auto, cuml or umap-learn")
+    if choice == "umap-learn":
+        return choice
+    try:
+        import cupy
+        from cuml.manifold import UMAP  # noqa: F401
+        ok = cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception as e:  # not installed, no driver, no device
+        if choice == "cuml":
+            raise ValueError(f"UMAP backend cuml asked for but unavailable ({type(e).__name__}: {e}); "
+                             "pip install cuml-cu12 on a GPU machine, or use --device cpu") from e
+        return "umap-learn"
+    if not ok and choice == "cuml":
+        raise ValueError("UMAP backend cuml asked for but no GPU is visible")
+    return "cuml" if ok else "umap-learn"
 
 
 def fit_size(n: int, cfg: UmapConfig) -> int:

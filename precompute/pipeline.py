@@ -17,6 +17,7 @@ run removes; running the same command again continues where it stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -44,14 +45,27 @@ def run_precompute(survey=None, run=None, out="artifacts/default", synthetic: in
                    workers: int = 0, scheduler: str | None = None, seed: int = 0, *,
                    embedder=None, index_kind: str = "auto", index_options: dict | None = None,
                    umap: UmapConfig | None = None, dims: dict | None = None, batch_size: int = 256,
-                   chunk_rows: int | None = None, progress: bool = True, verify: bool = False) -> Path:
+                   chunk_rows: int | None = None, progress: bool = True, verify: bool = False,
+                   device: str | None = None) -> Path:
     """Build (or finish, or bring up to date) the artifact set at ``out``; returns its path.
 
     Either ``survey`` + ``run`` (a survey store and a trained run folder) or ``synthetic=N`` (a labelled
     benchmark set of N stars, no model). ``workers``/``scheduler`` run the embedding stage on Dask.
     ``embedder`` (an object with ``embed_store``, ``dims``, ``fingerprint``, ``config_name``) replaces
     ``Embedder.from_run(run)`` for library callers. ``verify`` re-checks stage outputs by checksum.
+    ``device``: the one GPU switch. "cuda" runs the model on the GPU, trains FAISS IVF indexes on it (with a
+    faiss GPU build) and fits UMAP with cuML (when installed); "cpu" keeps everything on the CPU; None (default)
+    uses a GPU wherever one is visible and the library for it is installed.
     """
+    if device not in (None, "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise PrecomputeError(f"--device must be cpu or cuda, not {device!r}")
+    if device and str(device).startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise PrecomputeError("--device cuda: torch sees no GPU here (use --device cpu, or a CUDA build of torch)")
+    if device == "cpu":
+        umap = dataclasses.replace(umap or UmapConfig(), backend="umap-learn")
+        index_options = {**(index_options or {}), "use_gpu": False}
     out = Path(out).resolve()
     if synthetic is not None:
         if survey is not None or embedder is not None:
@@ -65,7 +79,7 @@ def run_precompute(survey=None, run=None, out="artifacts/default", synthetic: in
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
         return _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_kind, index_options,
-                    umap, dims, batch_size, chunk_rows, progress, verify)
+                    umap, dims, batch_size, chunk_rows, progress, verify, device)
 
 
 @contextlib.contextmanager
@@ -84,7 +98,7 @@ def _exclusive(out: Path):
 
 
 def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_kind, index_options, umap, dims,
-         batch_size, chunk_rows, progress, verify) -> Path:
+         batch_size, chunk_rows, progress, verify, device=None) -> Path:
     S.clean_temporaries(out)
     book = S.StageBook(out, verify=verify)
     umap_cfg = umap or UmapConfig()
@@ -122,7 +136,7 @@ def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_
         n = len(store)
         survey_sha = sha256_file(survey_path / "manifest.json")
         if embedder is None:
-            embedder = _load_embedder(run)
+            embedder = _load_embedder(run, device)
         run_path = Path(run).resolve() if run is not None else None
         dims = {k: int(v) for k, v in embedder.dims.items()}
         emb_stage = "embed"
@@ -344,7 +358,7 @@ def _open_survey(survey):
         raise PrecomputeError(str(e)) from e
 
 
-def _load_embedder(run):
+def _load_embedder(run, device=None):
     run_path = Path(run)
     if not run_path.is_dir():
         raise PrecomputeError(f"{run_path}: no run folder here; train one with `desa train`")
@@ -352,4 +366,4 @@ def _load_embedder(run):
         from desa_core.models.inference import Embedder
     except ImportError as e:
         raise PrecomputeError(f"cannot load the model code (desa_core.models.inference): {e}") from e
-    return Embedder.from_run(run_path, device=None)
+    return Embedder.from_run(run_path, device=device)
