@@ -62,51 +62,51 @@ def pca_layout(embedding: np.ndarray, reason: str) -> tuple[np.ndarray, dict]:
 
 
 def umap_layout(embedding: np.ndarray, config: UmapConfig | None = None, seed: int = 0,
-                progress: bool = True) -> tuple[np.ndarray, dict]:
-    """(N, 2) float32 UMAP coordinates of ``embedding`` (N, D) (may be memory-mapped) and timing info.
+                progress: bool = True, runner=None, emb_path=None) -> tuple[np.ndarray, dict]:
+    """(N, 2) float32 UMAP coordinates of ``embedding`` (N, D) (may be memory-mapped) and timing info. Rows
+    that are NaN (stars without a single-modality embedding) get NaN coordinates; the layout is fitted on a
+    sample of the others and the rest are placed a chunk at a time, through ``runner``
+    (:class:`precompute.chunks.ChunkRunner`: in process by default, on Dask workers when it has them, resumable
+    when it has a folder; workers read ``emb_path``, the embedding's .npy file).
 
     Fewer than MIN_UMAP_STARS stars (a user's own handful), or a UMAP that fails: the PCA layout of
     :func:`pca_layout` instead, with ``info['method'] = 'pca'`` and the reason (shown in the page)."""
+    from precompute.stages import defined_rows
     cfg = config or UmapConfig()
-    n, dim = embedding.shape
+    n = embedding.shape[0]
     if n == 0:
         raise ValueError("no stars to lay out")
-    if n < MIN_UMAP_STARS:
-        return pca_layout(embedding, f"{n} stars: too few for UMAP (it needs {MIN_UMAP_STARS})")
+    rows = defined_rows(embedding)
+    out = np.full((n, 2), np.nan, np.float32)
+    if len(rows) == 0:
+        return out, {"method": "none", "reason": "no star has this modality", "n_fit": 0, "n_transformed": 0,
+                     "n_stars": 0}
+    if len(rows) < MIN_UMAP_STARS:
+        xy, info = pca_layout(np.asarray(embedding[rows]), f"{len(rows)} stars: too few for UMAP (it needs "
+                              f"{MIN_UMAP_STARS})")
+        out[rows] = xy
+        return out, {**info, "n_stars": int(len(rows))}
     try:
-        return _umap_layout(embedding, cfg, seed, progress)
+        xy, info = _umap_layout(embedding, rows, cfg, seed, progress, runner, emb_path)
     except (TypeError, ValueError) as e:   # e.g. scipy's eigsh on a degenerate neighbour graph
         log.warning("UMAP failed (%s): falling back to a PCA layout", e)
-        return pca_layout(embedding, f"UMAP failed: {str(e)[:120]}")
+        xy, info = pca_layout(np.asarray(embedding[rows]), f"UMAP failed: {str(e)[:120]}")
+        out[rows] = xy
+        return out, {**info, "n_stars": int(len(rows))}
+    return xy, {**info, "n_stars": int(len(rows))}
 
 
-def stream_layout(embedding: np.ndarray, config: UmapConfig | None = None, seed: int = 0,
-                  progress: bool = True) -> tuple[np.ndarray, dict]:
-    """The UMAP of a single-modality embedding, whose rows are NaN for stars without that modality: laid out
-    over the stars that have it, NaN coordinates for the others."""
-    from precompute.stages import defined_rows
-    rows = defined_rows(embedding)
-    out = np.full((embedding.shape[0], 2), np.nan, np.float32)
-    if len(rows) == 0:
-        return out, {"method": "none", "reason": "no star has this modality", "n_fit": 0, "n_transformed": 0}
-    sub = np.asarray(embedding[rows], dtype=np.float32)
-    xy, info = umap_layout(sub, config, seed=seed, progress=progress)
-    out[rows] = xy
-    return out, {**info, "n_stars": int(len(rows))}
-
-
-def _umap_layout(embedding, cfg: UmapConfig, seed: int, progress: bool) -> tuple[np.ndarray, dict]:
+def _umap_layout(embedding, defined: np.ndarray, cfg: UmapConfig, seed: int, progress: bool, runner=None,
+                 emb_path=None) -> tuple[np.ndarray, dict]:
     import umap  # imported here: numba compilation costs seconds and only this stage needs it  # noqa: F401
     from sklearn.decomposition import PCA
 
     n, dim = embedding.shape
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    n_fit = fit_size(n, cfg)
-    fit_rows = np.arange(n) if n <= n_fit else np.sort(rng.choice(n, size=n_fit, replace=False))
+    n_fit = fit_size(len(defined), cfg)
+    fit_rows = defined if len(defined) <= n_fit else np.sort(rng.choice(defined, size=n_fit, replace=False))
     fit_x = np.asarray(embedding[fit_rows], dtype=np.float32)
-    if not np.isfinite(fit_x).all():
-        raise ValueError("the embedding has non-finite rows; the DESA embedding must be defined for every star")
     # Centre (the fit sample's mean) for the same reason as the indexes: a large common offset would make
     # every cosine distance ~0. PCA below centres again; harmless.
     center = fit_x.mean(axis=0)
@@ -124,36 +124,78 @@ def _umap_layout(embedding, cfg: UmapConfig, seed: int, progress: bool) -> tuple
         reducer = umap.UMAP(n_neighbors=min(cfg.n_neighbors, len(fit_rows) - 1), min_dist=cfg.min_dist,
                             metric=cfg.metric, random_state=seed, n_components=2, low_memory=True,
                             verbose=False)
-    log.info("UMAP (%s): fitting on %d of %d stars (%d dims)", backend, len(fit_rows), n, fit_x.shape[1])
+    log.info("UMAP (%s): fitting on %d of %d stars (%d dims)", backend, len(fit_rows), len(defined), fit_x.shape[1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs overridden by random_state": determinism is the point
         coords_fit = np.asarray(reducer.fit_transform(fit_x), dtype=np.float32)
     t_fit = time.perf_counter() - t0
-    out = np.empty((n, 2), dtype=np.float32)
+    out = np.full((n, 2), np.nan, dtype=np.float32)
     out[fit_rows] = coords_fit
-    rest = np.setdiff1d(np.arange(n), fit_rows, assume_unique=True)
+    n_rest = len(defined) - len(fit_rows)
     if cfg.placement not in ("knn", "transform"):
         raise ValueError(f"unknown UMAP placement {cfg.placement!r}: use 'knn' or 'transform'")
-    if len(rest):
+    if n_rest and cfg.placement == "transform":
+        rest = np.setdiff1d(defined, fit_rows, assume_unique=True)
         chunks = [rest[i:i + cfg.chunk] for i in range(0, len(rest), cfg.chunk)]
         if progress:
             from tqdm.auto import tqdm
-            chunks = tqdm(chunks, desc=f"UMAP placement ({cfg.placement})", unit="chunk")
-        placer = KnnPlacer(fit_x, coords_fit, cfg.knn) if cfg.placement == "knn" else None
+            chunks = tqdm(chunks, desc="UMAP placement (transform)", unit="chunk")
         for rows in chunks:
             x = np.asarray(embedding[rows], dtype=np.float32) - center
             if pca is not None:
                 x = pca.transform(x).astype(np.float32)
-            if placer is not None:
-                out[rows] = placer.place(x)
-            else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    out[rows] = reducer.transform(x)
-    info = {"method": "umap", "backend": backend, "n_fit": int(len(fit_rows)), "n_transformed": int(len(rest)),
-            "placement": cfg.placement if len(rest) else "none", "pca_dims": None if pca is None else cfg.pca_dims, "fit_s": round(t_fit, 2), "total_s": round(time.perf_counter() - t0, 2)}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out[rows] = reducer.transform(x)
+    elif n_rest:
+        # kNN placement of every chunk of rows (the fitted ones are placed too, and then keep their fit).
+        from precompute.chunks import ChunkRunner, row_ranges
+        payload = {"fit_x": fit_x, "fit_xy": coords_fit, "center": center,
+                   "pca_components": None if pca is None else pca.components_.astype(np.float32),
+                   "pca_mean": None if pca is None else pca.mean_.astype(np.float32),
+                   "k": np.int64(cfg.knn), "token": np.int64(hash((n, len(fit_rows), seed, float(center.sum()))))}
+        payload = {k: v for k, v in payload.items() if v is not None}
+        runner = runner or ChunkRunner(None, progress=progress, desc="UMAP placement (knn)")
+        is_fit = np.zeros(n, bool)
+        is_fit[fit_rows] = True
+        local_cache: dict = {}
+        local = lambda a, b, path, pl: {"xy": place_rows_from(embedding, a, b, pl, local_cache)}  # noqa: E731
+        for a, b, res in runner.run(place_rows, row_ranges(n, cfg.chunk), args=(str(emb_path), payload),
+                                    local_fn=local):
+            keep = ~is_fit[a:b]
+            out[a:b][keep] = res["xy"][keep]
+    info = {"method": "umap", "backend": backend, "n_fit": int(len(fit_rows)), "n_transformed": int(n_rest),
+            "placement": cfg.placement if n_rest else "none", "pca_dims": None if pca is None else cfg.pca_dims,
+            "fit_s": round(t_fit, 2), "total_s": round(time.perf_counter() - t0, 2)}
     log.info("UMAP done: %s", info)
     return out, info
+
+
+# A worker's placers, kept between its chunks (the fitted layout travels to each worker once).
+_PLACERS: dict = {}
+
+
+def place_rows(start: int, stop: int, emb_path: str, payload: dict) -> dict:
+    """A Dask task: map positions of rows ``start..stop`` of the embedding file (NaN for NaN rows)."""
+    emb = np.load(emb_path, mmap_mode="r")
+    return {"xy": place_rows_from(emb, start, stop, payload, _PLACERS)}
+
+
+def place_rows_from(emb, start: int, stop: int, payload: dict, cache: dict) -> np.ndarray:
+    token = int(payload["token"])
+    placer = cache.get(token)
+    if placer is None:
+        cache.clear()
+        placer = cache[token] = KnnPlacer(payload["fit_x"], payload["fit_xy"], int(payload["k"]))
+    x = np.asarray(emb[start:stop], dtype=np.float32)
+    ok = np.isfinite(x).all(axis=1)
+    out = np.full((stop - start, 2), np.nan, np.float32)
+    if ok.any():
+        z = x[ok] - payload["center"]
+        if "pca_components" in payload:
+            z = ((z - payload["pca_mean"]) @ payload["pca_components"].T).astype(np.float32)
+        out[ok] = placer.place(z)
+    return out
 
 
 def umap_backend(choice: str = "auto") -> str:

@@ -29,7 +29,8 @@ from desa_core.artifacts import (EMBEDDING_NAMES, KIND_SURVEY, KIND_SYNTHETIC, M
                                  write_manifest)
 from desa_core.data.store import SurveyStoreError, sha256_file
 from precompute import stages as S
-from precompute.maps import UmapConfig, stream_layout, umap_layout
+from precompute.chunks import ChunkRunner
+from precompute.maps import UmapConfig, umap_layout
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,44 @@ def _exclusive(out: Path):
         os.close(fd)
 
 
+class _Dask:
+    """The run's one Dask connection (a LocalCluster of ``workers`` processes or an existing ``scheduler``),
+    opened on first use and shared by the stages; without either, stages run in this process."""
+
+    def __init__(self, workers: int, scheduler: str | None):
+        self.workers, self.scheduler = int(workers), scheduler
+        self._pool = ChunkRunner(None, workers=workers, scheduler=scheduler, progress=False)
+
+    @property
+    def wanted(self) -> bool:
+        return self.workers > 0 or bool(self.scheduler)
+
+    @property
+    def where(self) -> str:
+        return (f"on Dask ({self.scheduler or f'{self.workers} local workers'})" if self.wanted
+                else "in process")
+
+    def runner(self, out: Path, name: str, desc: str, progress: bool) -> ChunkRunner:
+        """A resumable chunk runner for one stage: its finished chunks are kept in ART/_work/chunks/NAME."""
+        return ChunkRunner(out / S.WORK_DIR / "chunks" / name, client=self._pool.client() if self.wanted else None,
+                           progress=progress, desc=desc)
+
+    def close(self):
+        self._pool.close()
+
+
 def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_kind, index_options, umap, dims,
          batch_size, chunk_rows, progress, verify, device=None) -> Path:
+    dask = _Dask(workers, scheduler)
+    try:
+        return _stages(out, survey, run, synthetic, seed, embedder, index_kind, index_options, umap, dims,
+                       batch_size, chunk_rows, progress, verify, device, dask)
+    finally:
+        dask.close()
+
+
+def _stages(out, survey, run, synthetic, seed, embedder, index_kind, index_options, umap, dims, batch_size,
+            chunk_rows, progress, verify, device, dask) -> Path:
     S.clean_temporaries(out)
     book = S.StageBook(out, verify=verify)
     umap_cfg = umap or UmapConfig()
@@ -157,16 +194,12 @@ def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_
             log.info("stage embed: up to date, skipping")
         else:
             t0 = time.perf_counter()
-            if workers > 0 or scheduler:
-                if run_path is None:
-                    raise PrecomputeError("--workers/--scheduler need --run: each Dask worker loads the model itself")
-                log.info("stage embed: %d stars on Dask (%s)", n, scheduler or f"{workers} local workers")
-                S.embed_with_dask(survey_path, run_path, n, dims, out, workers=workers, scheduler=scheduler,
-                                  chunk_rows=int(chunk_rows or 2048), batch_size=batch_size, progress=progress)
-            else:
-                log.info("stage embed: %d stars in process", n)
-                S.embed_in_process(embedder, store, out, chunk_rows=int(chunk_rows or 4096),
-                                   batch_size=batch_size, progress=progress)
+            if dask.wanted and run_path is None:
+                raise PrecomputeError("--workers/--scheduler need --run: each Dask worker loads the model itself")
+            log.info("stage embed: %d stars %s", n, dask.where)
+            runner = dask.runner(out, f"embed-{emb_fp}", "embedding (chunks)", progress)
+            S.embed_stage(embedder, store, survey_path, run_path, out, runner,
+                          chunk_rows=int(chunk_rows or (2048 if dask.wanted else 4096)), batch_size=batch_size)
             book.record(emb_stage, emb_fp, [embedding_file(k) for k in EMBEDDING_NAMES],
                         time.perf_counter() - t0)
 
@@ -226,11 +259,13 @@ def _run(out, survey, run, synthetic, workers, scheduler, seed, embedder, index_
         t0 = time.perf_counter()
         rels, infos = [], {}
         for name in [k for k in S.MAP_COLUMNS if k in names]:
-            emb = np.load(out / embedding_file(name), mmap_mode="r")
-            log.info("stage maps: UMAP of the %s embedding", name)
-            xy, infos[name] = stream_layout(emb, umap_cfg, seed, progress) if name != "desa" else \
-                umap_layout(emb, umap_cfg, seed=seed, progress=progress)
+            path = out / embedding_file(name)
+            emb = np.load(path, mmap_mode="r")
+            log.info("stage maps: UMAP of the %s embedding (placement %s)", name, dask.where)
+            runner = dask.runner(out, f"maps-{maps_fp}-{name}", f"UMAP placement ({name})", progress)
+            xy, infos[name] = umap_layout(emb, umap_cfg, seed=seed, progress=progress, runner=runner, emb_path=path)
             rels.append(S.save_map(out, xy, name))
+            runner.clear()
         rec = book.record("maps", maps_fp, rels, time.perf_counter() - t0, umap=infos["desa"], layouts=infos)
     umap_info = rec.get("umap", {})
     layout_info = rec.get("layouts", {"desa": umap_info})

@@ -101,22 +101,23 @@ def clean_temporaries(art: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------------ embedding
-def embed_in_process(embedder, store, out: Path, chunk_rows: int = 4096, batch_size: int = 256,
-                     progress: bool = True) -> dict[str, int]:
-    """Embed every star of ``store`` with ``embedder`` into ART/emb_<name>.npy; returns {name: dim}."""
+def embed_stage(embedder, store, survey_path: Path, run_path: Path | None, out: Path, runner,
+                chunk_rows: int = 4096, batch_size: int = 256) -> dict[str, int]:
+    """Embed every star of ``store`` into ART/emb_<name>.npy, a chunk of rows at a time through ``runner``
+    (precompute.chunks.ChunkRunner: in this process with ``embedder``, or on Dask workers that open the store and
+    the run themselves; finished chunks survive a killed run). Returns {name: dim}."""
+    from precompute.chunks import row_ranges
     n = len(store)
     writers = _open_embedding_writers(out, n, embedder.dims)
     try:
-        chunks = [np.arange(i, min(n, i + chunk_rows)) for i in range(0, n, chunk_rows)]
-        it = chunks
-        if progress and len(chunks) > 1:
-            from tqdm.auto import tqdm
-            it = tqdm(chunks, desc="embedding (chunks)", unit="chunk")
-        for rows in it:
-            got = embedder.embed_store(store, rows=rows, batch_size=batch_size, progress=progress and len(chunks) == 1)
-            _put(writers, rows, got)
+        local = lambda a, b, *_: embedder.embed_store(store, rows=np.arange(a, b), batch_size=batch_size,  # noqa: E731
+                                                       progress=False)
+        for a, b, got in runner.run(_embed_rows_on_worker, row_ranges(n, chunk_rows),
+                                    args=(str(survey_path), str(run_path), batch_size, 1), local_fn=local):
+            _put(writers, np.arange(a, b), got)
         for w in writers.values():
             w.commit()
+        runner.clear()
     finally:
         for w in writers.values():
             if not w._done:
@@ -144,7 +145,7 @@ def _put(writers, rows, got):
 _WORKER_CACHE: dict = {}
 
 
-def _embed_rows_on_worker(survey: str, run: str, start: int, stop: int, batch_size: int,
+def _embed_rows_on_worker(start: int, stop: int, survey: str, run: str, batch_size: int,
                           torch_threads: int) -> dict[str, np.ndarray]:
     import torch
     from desa_core.data.store import SurveyStore
@@ -157,56 +158,6 @@ def _embed_rows_on_worker(survey: str, run: str, start: int, stop: int, batch_si
         _WORKER_CACHE[key] = (SurveyStore.open(survey), Embedder.from_run(run))
     store, embedder = _WORKER_CACHE[key]
     return embedder.embed_store(store, rows=np.arange(start, stop), batch_size=batch_size, progress=False)
-
-
-def embed_with_dask(survey: Path, run: Path, n: int, dims: dict, out: Path, workers: int,
-                    scheduler: str | None = None, chunk_rows: int = 2048, batch_size: int = 256,
-                    progress: bool = True) -> dict[str, int]:
-    """Embed chunks of the store on a Dask distributed cluster (a LocalCluster of ``workers`` processes, or
-    the scheduler at ``scheduler``) and write the results in row order into ART/emb_<name>.npy."""
-    from distributed import Client, LocalCluster, as_completed
-
-    cluster = None
-    if scheduler:
-        client = Client(scheduler)
-        log.info("embedding on the Dask cluster at %s", scheduler)
-    else:
-        cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.WARNING)
-        client = Client(cluster)
-        log.info("embedding on a local Dask cluster of %d worker processes", max(1, workers))
-    writers = _open_embedding_writers(out, n, dims)
-    try:
-        futures = []
-        ranges = {}
-        for start in range(0, n, chunk_rows):
-            stop = min(n, start + chunk_rows)
-            f = client.submit(_embed_rows_on_worker, str(survey), str(run), start, stop, batch_size, 1,
-                              pure=False)
-            futures.append(f)
-            ranges[f.key] = (start, stop)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n, desc="embedding (dask)", unit="star")
-        for fut in as_completed(futures):
-            start, stop = ranges[fut.key]
-            _put(writers, np.arange(start, stop), fut.result())
-            fut.release()
-            if bar is not None:
-                bar.update(stop - start)
-        if bar is not None:
-            bar.close()
-        for w in writers.values():
-            w.commit()
-    finally:
-        for w in writers.values():
-            if not w._done:
-                w.abort()
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    return {k: int(v) for k, v in dims.items()}
 
 
 # ------------------------------------------------------------------------------------------ synthetic
