@@ -96,8 +96,9 @@ def choose_maps(stars: pd.DataFrame, simulated: bool = True) -> dict[str, MapSpe
 EMBEDDING_LABELS = {"desa": "joint (DESA)", "light_curve": "light curve only", "spectrum": "spectra only"}
 
 # Columns shown next to a star in tables (neighbours, selections), in this order, when present.
-KEY_COLUMNS = ["star_id", "teff", "logg", "feh", "prot_days", "age_gyr", "binary_class", "ruwe", "bp_rp",
-               "abs_g", "delta_mag_ms", "ra", "dec"]
+KEY_COLUMNS = ["star_id", "teff", "logg", "feh", "prot_days", "prot_acf_days", "age_gyr", "age_pred_gyr", "p_binary",
+               "binary_class", "ruwe", "bp_rp0", "abs_g0", "bp_rp", "abs_g", "delta_mag_ms_obs", "delta_mag_ms", "ra",
+               "dec"]
 # Bookkeeping columns that are never offered as a colour or probe target.
 INTERNAL_COLUMNS = {"lc_row", "spec_row", "umap_x", "umap_y", "umap_lc_x", "umap_lc_y", "umap_spec_x", "umap_spec_y",
                     "row"}

@@ -124,12 +124,14 @@ def build_index(vectors: np.ndarray, ids: np.ndarray | None = None, kind: str = 
                 ef_construction: int = 80, nlist: int | None = None, pq_m: int | None = None,
                 target_recall: float = 0.95, n_recall_queries: int = 200, rerank: int = 10,
                 seed: int = 0, use_gpu: bool | None = None, chunk: int = 200_000,
-                progress: bool = False) -> tuple["faiss.Index", IndexInfo]:
+                progress: bool = False, ivf_adder=None) -> tuple["faiss.Index", IndexInfo]:
     """Build a cosine-similarity index over ``vectors`` (N, d) whose search returns ``ids`` (default 0..N-1).
 
     ``vectors`` may be a memory-mapped array larger than memory for ``ivfpq``: it is normalised and added
     in chunks of ``chunk`` rows. Rows must be finite (drop stars without the modality before calling).
     Returns the index (search parameters tuned and stored in it) and an :class:`IndexInfo`.
+    ``ivf_adder(index, ids, chunk)``: for the IVF kinds, adds every vector to the trained index instead of the
+    loop here (precompute passes one that encodes chunks on Dask workers and merges them in row order).
     """
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index kind {kind!r}; choose one of {INDEX_KINDS}")
@@ -182,12 +184,15 @@ def build_index(vectors: np.ndarray, ids: np.ndarray | None = None, kind: str = 
             index.train(train)
         del train
 
-    it = _iter_chunks(n, chunk)
-    if progress and n > chunk:
-        from tqdm.auto import tqdm
-        it = tqdm(list(it), desc=f"index {type_name}", unit="chunk")
-    for i0, i1 in it:
-        index.add_with_ids(normalize_rows(vectors[i0:i1]), ids[i0:i1])
+    if ivf_adder is not None and kind in ("ivf", "ivfpq"):
+        ivf_adder(index, ids, chunk)
+    else:
+        it = _iter_chunks(n, chunk)
+        if progress and n > chunk:
+            from tqdm.auto import tqdm
+            it = tqdm(list(it), desc=f"index {type_name}", unit="chunk")
+        for i0, i1 in it:
+            index.add_with_ids(normalize_rows(vectors[i0:i1]), ids[i0:i1])
 
     recall = 1.0 if kind == "flat" else None
     nq = 0

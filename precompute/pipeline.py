@@ -243,7 +243,9 @@ def _stages(out, survey, run, synthetic, seed, embedder, index_kind, index_optio
             _drop_manifest(out)
             log.info("stage %s: building", stage)
             t0 = time.perf_counter()
-            entry = S.build_one_index(out, name, kind=index_kind, seed=seed, progress=progress,
+            runner = dask.runner(out, f"index-{fp}-{name}", f"index {name} (chunks)", progress) if dask.wanted \
+                else None
+            entry = S.build_one_index(out, name, kind=index_kind, seed=seed, progress=progress, runner=runner,
                                       **(index_options or {}))
             rec = book.record(stage, fp, [entry["file"]], time.perf_counter() - t0, index=entry)
         index_entries[name] = rec["index"]

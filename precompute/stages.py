@@ -234,8 +234,10 @@ def defined_rows(emb: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
 
 
 def build_one_index(out: Path, name: str, kind: str = "auto", seed: int = 0, progress: bool = True,
-                    **kw) -> dict:
-    """ART/index_<name>.faiss over the defined rows of ART/emb_<name>.npy; returns the manifest entry."""
+                    runner=None, **kw) -> dict:
+    """ART/index_<name>.faiss over the defined rows of ART/emb_<name>.npy; returns the manifest entry. With a
+    Dask ``runner`` (precompute.chunks.ChunkRunner), an IVF index is trained here on a sample and its vectors
+    are encoded in chunks on the workers (resumably), then merged in row order."""
     from desa_core.index import build_index, write_index
 
     emb = np.load(out / embedding_file(name), mmap_mode="r")
@@ -246,7 +248,11 @@ def build_one_index(out: Path, name: str, kind: str = "auto", seed: int = 0, pro
     # vs a spread of 0.19), which would make every cosine similarity ~0.9999 and the ranking float noise.
     center = mean_of_rows(emb, rows)
     vectors = RowView(emb, rows, center)
-    index, info = build_index(vectors, rows.astype(np.int64), kind=kind, seed=seed, progress=progress, **kw)
+    adder = None
+    if runner is not None and runner.on_dask:
+        adder = _dask_ivf_adder(runner, out / embedding_file(name), rows, center)
+    index, info = build_index(vectors, rows.astype(np.int64), kind=kind, seed=seed, progress=progress,
+                              ivf_adder=adder, **kw)
     write_index(index, out / index_file(name))
     return {"file": index_file(name), **info.to_dict(), "center": [float(c) for c in center]}
 
@@ -276,6 +282,41 @@ def write_predictions(out: Path, embedder, chunk_rows: int = 200_000, progress: 
         np.savez(f, **arrays)
     tmp.replace(out / PREDICTIONS_FILE)
     return PREDICTIONS_FILE
+
+
+def _dask_ivf_adder(runner, emb_path: Path, rows: np.ndarray, center: np.ndarray):
+    """An ``ivf_adder`` for build_index: the trained, empty index travels to every worker once; each chunk of
+    rows comes back as a small IVF index of its own, merged into the full one in row order (so the result does
+    not depend on which worker finished first)."""
+    import faiss
+
+    from precompute.chunks import row_ranges
+
+    def add(index, ids, chunk):
+        blob = faiss.serialize_index(index)
+        pending, next_start = {}, 0
+        for a, b, res in runner.run(_ivf_add_rows, row_ranges(len(rows), chunk),
+                                    args=(str(emb_path), rows, np.asarray(center, np.float32), blob)):
+            pending[a] = (b, res["index"])
+            while next_start in pending:
+                b_, part = pending.pop(next_start)
+                index.merge_from(faiss.deserialize_index(part), 0)
+                next_start = b_
+        runner.clear()
+    return add
+
+
+def _ivf_add_rows(start: int, stop: int, emb_path: str, rows: np.ndarray, center: np.ndarray, blob) -> dict:
+    """A Dask task: rows ``rows[start:stop]`` of the embedding file, centred and normalised, added to a copy of
+    the trained empty IVF index, which is sent back serialised."""
+    import faiss
+
+    from desa_core.index import normalize_rows
+    emb = np.load(emb_path, mmap_mode="r")
+    r = np.asarray(rows[start:stop])
+    index = faiss.deserialize_index(np.asarray(blob))
+    index.add_with_ids(normalize_rows(np.asarray(emb[r], np.float32) - center), r.astype(np.int64))
+    return {"index": faiss.serialize_index(index)}
 
 
 # ------------------------------------------------------------------------------------------ stars table

@@ -57,13 +57,22 @@ def test_two_dask_workers_give_the_in_process_result(tmp_path):
     from precompute.maps import UmapConfig
     from precompute.pipeline import run_precompute
     cfg = UmapConfig(fit_min=400, fit_max=400, chunk=500)     # fit 400, place the rest in 5 chunks
-    a = ArtifactSet.open(run_precompute(synthetic=2500, out=tmp_path / "local", umap=cfg, progress=False))
-    b = ArtifactSet.open(run_precompute(synthetic=2500, out=tmp_path / "dask", umap=cfg, workers=2, progress=False),
-                         verify=True)
+    # IVF indexes: trained on a sample here, their vectors encoded in chunks (on the workers for the Dask run)
+    kw = dict(synthetic=2500, umap=cfg, index_kind="ivf", index_options={"chunk": 700}, progress=False)
+    a = ArtifactSet.open(run_precompute(out=tmp_path / "local", **kw))
+    b = ArtifactSet.open(run_precompute(out=tmp_path / "dask", workers=2, **kw), verify=True)
     assert a.manifest["maps"]["umap"]["n_transformed"] == 2100
     for cols in (["umap_x", "umap_y"], ["umap_lc_x", "umap_lc_y"], ["umap_spec_x", "umap_spec_y"]):
         x, y = a.stars[cols].to_numpy(), b.stars[cols].to_numpy()
         np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
         np.testing.assert_allclose(x, y, atol=1e-5)
+    for name in ("desa", "light_curve", "spectrum"):
+        assert b.index_info(name)["type"].startswith("IVF") and b.index_info(name)["n"] == a.index_info(name)["n"]
+        q = np.asarray(a.embedding(name))[:60]
+        q = q[np.isfinite(q).all(axis=1)]
+        sa, ra = a.search(name, q, 10)
+        sb, rb = b.search(name, q, 10)
+        np.testing.assert_array_equal(ra, rb)
+        np.testing.assert_allclose(sa, sb, atol=1e-6)
     assert not (tmp_path / "dask" / "_work" / "chunks").exists() or \
         not list((tmp_path / "dask" / "_work" / "chunks").rglob("*.npz"))    # chunk files removed once committed
