@@ -285,14 +285,16 @@ def load_desa_model(run: Path):
 
 
 # ------------------------------------------------------------------------------------------- oracle
-def oracle_age_metrics(catalog: pd.DataFrame, eval_mask: np.ndarray, seed: int = 0, key: str = ORACLE_KEY) -> dict:
+def oracle_age_metrics(catalog: pd.DataFrame, eval_mask: np.ndarray, seed: int = 0, key: str = ORACLE_KEY,
+                       columns: tuple | None = None) -> dict:
     """Gradient-boosted quantile regression of age on catalogue labels: the TRUE Teff, logg, [Fe/H], Prot,
     log L (``ORACLE_KEY``) or survey-like observed ones (``OBSERVED_ORACLE_KEY``; NaN allowed).
 
     Same protocol as the heads: fit on train, early stopping inside train (sklearn's internal 10 %
     hold-out), CQR on half of the validation split, report on ``eval_mask`` (the test stars the models
-    are scored on). An upper bound a label-free model can approach but should not be expected to beat."""
-    cols = ORACLE_KEYS[key]
+    are scored on). An upper bound a label-free model can approach but should not be expected to beat.
+    ``columns`` replaces the key's feature columns (benchmarks/age_oracles.py compares Prot sources)."""
+    cols = tuple(columns) if columns is not None else ORACLE_KEYS[key]
     missing = [c for c in cols if c not in catalog.columns]
     if missing:
         return {"available": False, "oracle": True, "leaks_labels": True, "description": MODEL_DESCRIPTIONS[key],
