@@ -13,11 +13,15 @@ import numpy as np
 TEST_DIMS = {"desa": 32, "light_curve": 16, "spectrum": 16}
 
 
-def pca_layout(embedding, config=None, seed=0, progress=True):
+def pca_layout(embedding, config=None, seed=0, progress=True, **_):
+    """Like umap_layout: NaN coordinates for the NaN rows of a single-modality embedding."""
     x = np.asarray(embedding, dtype=np.float64)
-    x = x - x.mean(0)
-    _, _, vt = np.linalg.svd(x[:: max(1, len(x) // 20_000)], full_matrices=False)
-    return (x @ vt[:2].T).astype(np.float32), {"method": "pca (test stand-in for UMAP)"}
+    ok = np.isfinite(x).all(axis=1)
+    out = np.full((len(x), 2), np.nan, np.float32)
+    z = x[ok] - x[ok].mean(0)
+    _, _, vt = np.linalg.svd(z[:: max(1, len(z) // 20_000)], full_matrices=False)
+    out[ok] = z @ vt[:2].T
+    return out, {"method": "pca (test stand-in for UMAP)"}
 
 
 def make_artifacts(out: Path, n: int = 1500, seed: int = 0) -> Path:
