@@ -3,6 +3,7 @@ benchmark set of N stars; and, given a trained run, the embedding throughput of 
 
     .venv/bin/python benchmarks/precompute_bench.py --n 100000
     .venv/bin/python benchmarks/precompute_bench.py --n 1000000 --dims paper --keep artifacts/bench-1e6
+    .venv/bin/python benchmarks/precompute_bench.py --n 1000000 --workers 2        # the chunked stages on Dask
     .venv/bin/python benchmarks/precompute_bench.py --embed-only --survey data/survey --run runs/small --threads 2
     .venv/bin/python benchmarks/precompute_bench.py --embed-only --survey data/survey --config small  # no run yet
 
@@ -39,15 +40,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 
 
-def _child(n: int, out: str, dims: str, seed: int, index_kind: str = "auto") -> None:
+def _child(n: int, out: str, dims: str, seed: int, index_kind: str = "auto", workers: int = 0) -> None:
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from precompute.pipeline import run_precompute
     from precompute.synthetic import model_dims
-    run_precompute(synthetic=n, out=out, seed=seed, dims=model_dims(dims), index_kind=index_kind, progress=False)
+    run_precompute(synthetic=n, out=out, seed=seed, dims=model_dims(dims), index_kind=index_kind, progress=False,
+                   workers=workers)
 
 
-def bench_pipeline(n: int, dims: str, keep: str | None, seed: int, index_kind: str = "auto") -> dict:
+def bench_pipeline(n: int, dims: str, keep: str | None, seed: int, index_kind: str = "auto", workers: int = 0) -> dict:
     tmp = None
     if keep:
         out = Path(keep)
@@ -58,7 +60,8 @@ def bench_pipeline(n: int, dims: str, keep: str | None, seed: int, index_kind: s
         t0 = time.perf_counter()
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         subprocess.run([sys.executable, __file__, "--child", "--n", str(n), "--dims", dims, "--out", str(out),
-                        "--seed", str(seed), "--index-kind", index_kind], check=True, cwd=ROOT)
+                        "--seed", str(seed), "--index-kind", index_kind, "--workers", str(workers)], check=True,
+                       cwd=ROOT)
         wall = time.perf_counter() - t0
         peak_mb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
         manifest = json.loads((out / "manifest.json").read_text())
@@ -73,7 +76,8 @@ def bench_pipeline(n: int, dims: str, keep: str | None, seed: int, index_kind: s
         _ = a.index("desa")
         t_all = time.perf_counter() - t
         sizes = {rel: round(meta["bytes"] / 2**20, 1) for rel, meta in manifest["files"].items()}
-        return {"n": n, "index_kind": index_kind, "dims": manifest["embeddings"], "wall_s": round(wall, 1),
+        return {"n": n, "index_kind": index_kind, "workers": workers, "dims": manifest["embeddings"],
+                "wall_s": round(wall, 1),
                 "stage_wall_s": {k: v["wall_s"] for k, v in manifest["stages"].items()},
                 "umap": manifest["maps"]["umap"], "indexes": manifest["indexes"],
                 "peak_rss_mb": round(peak_mb, 1), "files_mb": sizes,
@@ -227,6 +231,7 @@ def main(argv=None) -> int:
     p.add_argument("--dims", default="small", help="embedding widths of this model config (small, paper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--index-kind", default="auto", help="auto, flat, hnsw, ivf, ivfpq")
+    p.add_argument("--workers", type=int, default=0, help="Dask workers for the chunked stages (0: in process)")
     p.add_argument("--keep", default=None, help="write the artifact set here and keep it")
     p.add_argument("--survey", default=None)
     p.add_argument("--run", default=None)
@@ -241,17 +246,17 @@ def main(argv=None) -> int:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
-        _child(a.n, a.out, a.dims, a.seed, a.index_kind)
+        _child(a.n, a.out, a.dims, a.seed, a.index_kind, a.workers)
         return 0
     doc = {"benchmark": "precompute", "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                        "note": "2 cores shared with other work while measured"}}
     if not a.embed_only:
-        doc["pipeline"] = bench_pipeline(a.n, a.dims, a.keep, a.seed, a.index_kind)
+        doc["pipeline"] = bench_pipeline(a.n, a.dims, a.keep, a.seed, a.index_kind, a.workers)
     if a.survey:
         doc["embedding"] = bench_embedding(a.survey, a.run, a.embed_stars, a.threads, a.batch_size, a.config,
                                            legacy=not a.no_before)
-    name = "embedding" if a.embed_only else f"precompute_{a.n}_{a.dims}"
+    name = "embedding" if a.embed_only else f"precompute_{a.n}_{a.dims}" + (f"_w{a.workers}" if a.workers else "")
     out = Path(a.out or Path(__file__).parent / "results" / f"{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
