@@ -86,13 +86,6 @@ class Schema:
         return sorted(self.numeric | self.boolean | set(self.categories))
 
 
-def category_codes(values, categories: list[str]) -> np.ndarray:
-    """int16 codes of a categorical column in ``categories`` order (-1 for missing or unknown values)."""
-    cat = pd.Categorical(pd.Series(values).astype(object).where(pd.notna(values), None).astype("string"),
-                         categories=categories)
-    return np.asarray(cat.codes, dtype=np.int16)
-
-
 # --------------------------------------------------------------------------------------- compiled nodes
 @dataclass
 class Node:

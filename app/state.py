@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 import param
 
-from app.expressions import ExpressionError, Schema, category_codes, compile_expression
+from app.expressions import ExpressionError, Schema, compile_expression
 from desa_core.artifacts import ADDED_COLUMN
+from desa_core.columns import StarTable
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +77,27 @@ UMAP_VIEWS = ("umap", "umap_lc", "umap_spec")
 MAPS = {k: v[-1] for k, v in MAP_CHOICES.items() if k in ("umap", "cmd", "hr")}
 
 
-def choose_maps(stars: pd.DataFrame, simulated: bool = True) -> dict[str, MapSpec]:
+def choose_maps(stars: StarTable, simulated: bool = True) -> dict[str, MapSpec]:
     """The maps a star table can draw: for each key the first choice whose two columns exist and are finite
     for at least one star. A real survey's own columns are catalogue values, not a simulator's truth."""
     out = {}
     for key, choices in MAP_CHOICES.items():
         for spec in choices:
-            if spec.x in stars.columns and spec.y in stars.columns and \
-                    bool((np.isfinite(stars[spec.x].to_numpy(np.float64, na_value=np.nan))
-                          & np.isfinite(stars[spec.y].to_numpy(np.float64, na_value=np.nan))).any()):
+            if spec.x in stars and spec.y in stars and stars.kind(spec.x) == stars.kind(spec.y) == "numeric" and \
+                    _any_finite_pair(stars.numeric(spec.x), stars.numeric(spec.y)):
                 if spec.source == "true" and not simulated:
                     spec = dataclasses.replace(spec, title=spec.title.replace("(true values)", "(catalogue)"),
                                                source="catalogue")
                 out[key] = spec
                 break
     return out
+
+
+def _any_finite_pair(x: np.ndarray, y: np.ndarray, chunk: int = 1 << 20) -> bool:
+    for i in range(0, len(x), chunk):   # a chunk at a time: usually the first one answers
+        if (np.isfinite(x[i:i + chunk]) & np.isfinite(y[i:i + chunk])).any():
+            return True
+    return False
 
 
 EMBEDDING_LABELS = {"desa": "joint (DESA)", "light_curve": "light curve only", "spectrum": "spectra only"}
@@ -103,7 +110,6 @@ KEY_COLUMNS = ["star_id", "teff", "logg", "feh", "prot_days", "prot_acf_days", "
 INTERNAL_COLUMNS = {"lc_row", "spec_row", "umap_x", "umap_y", "umap_lc_x", "umap_lc_y", "umap_spec_x", "umap_spec_y",
                     "row"}
 
-MAX_CATEGORIES = 32
 MAX_COLOUR_CATEGORIES = 20
 HISTOGRAM_BINS = 40        # cross-filter histograms
 CLUSTER_SAMPLE = 20_000    # stars a Regions clustering is fitted on
@@ -155,28 +161,22 @@ class AppData:
         self.path = Path(getattr(artifacts, "path", "."))
         self.manifest: dict = dict(artifacts.manifest)
         t0 = time.perf_counter()
-        stars = artifacts.stars
-        self.stars: pd.DataFrame = stars.reset_index(drop=True)
-        self.n = len(self.stars)
-        self.star_ids = self.stars["star_id"].astype(str).to_numpy()
-        self._row_of = pd.Index(self.star_ids)
+        # The star table, memory-mapped column by column (desa_core.columns): at 10^7 stars nothing is read
+        # until a view needs it.
+        self.stars: StarTable = artifacts.star_table()
+        self.n = self.stars.n
+        self.star_ids = self.stars.ids          # star_ids[row] -> str, star_ids[rows] -> array of str
         self.numeric_columns: list[str] = []
         self.categorical_columns: list[str] = []
         self.boolean_columns: list[str] = []
         for c in self.stars.columns:
             if c == "star_id" or c in INTERNAL_COLUMNS:
                 continue
-            s = self.stars[c]
-            if pd.api.types.is_bool_dtype(s):
-                self.boolean_columns.append(c)
-            elif pd.api.types.is_numeric_dtype(s):
-                self.numeric_columns.append(c)
-            elif s.nunique(dropna=True) <= MAX_CATEGORIES:
-                self.categorical_columns.append(c)
+            {"boolean": self.boolean_columns, "numeric": self.numeric_columns,
+             "categorical": self.categorical_columns}.get(self.stars.kind(c), []).append(c)
         # What population expressions may name (app/expressions.py): numeric, boolean, categorical columns.
         self.schema = Schema(numeric=set(self.numeric_columns), boolean=set(self.boolean_columns),
-                             categories={c: sorted(self.stars[c].dropna().astype(str).unique())
-                                         for c in self.categorical_columns})
+                             categories={c: self.stars.categories(c) for c in self.categorical_columns})
         self._columns: dict[str, np.ndarray] = {}
         self._expr_columns: dict[str, np.ndarray] = {}
         self._limits: dict[str, tuple[float, float]] = {}
@@ -247,13 +247,11 @@ class AppData:
         """A numeric or boolean column as float32 (NaN where unknown), cached and shared."""
         arr = self._columns.get(name)
         if arr is None:
-            if name not in self.stars.columns:
+            if name not in self.stars:
                 raise UserInputError(f"no column {name!r} in the star table")
-            s = self.stars[name]
-            if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+            if self.stars.kind(name) not in ("numeric", "boolean"):
                 raise UserInputError(f"column {name!r} is not numeric")
-            arr = s.to_numpy(dtype=np.float32, na_value=np.nan)
-            arr.setflags(write=False)
+            arr = self.stars.numeric(name)   # memory-mapped when stored as float32
             self._columns[name] = arr
         return arr
 
@@ -441,7 +439,7 @@ class AppData:
     def rows_of(self, star_ids) -> np.ndarray:
         """Row positions of star ids; raises UserInputError naming unknown ids."""
         ids = [str(s).strip() for s in np.atleast_1d(star_ids)]
-        rows = self._row_of.get_indexer(ids)
+        rows = self.stars.rows_of(ids)
         if (rows < 0).any():
             bad = [i for i, r in zip(ids, rows) if r < 0][:5]
             raise UserInputError(f"unknown star id(s): {', '.join(bad)}")
@@ -457,17 +455,17 @@ class AppData:
         ``KIC n``), else by the spectrum's OBSID (``obsid`` / ``spectrum_obsid``); (-1, '') when none."""
         if kepler_id is not None and int(kepler_id) > 0:
             k = int(kepler_id)
-            if "kic" in self.stars.columns:
-                hit = np.flatnonzero(self.stars["kic"].to_numpy(dtype=np.float64, na_value=np.nan) == k)
+            if "kic" in self.stars:
+                hit = self.stars.find("kic", k)
                 if len(hit):
                     return int(hit[0]), f"KEPLERID {k}"
-            r = self._row_of.get_indexer([f"KIC {k}"])[0]
+            r = self.stars.rows_of([f"KIC {k}"])[0]
             if r >= 0:
                 return int(r), f"KEPLERID {k}"
         if obsid:
             for col in ("obsid", "spectrum_obsid"):
-                if col in self.stars.columns:
-                    hit = np.flatnonzero(self.stars[col].astype(str).to_numpy() == str(obsid).strip())
+                if col in self.stars:
+                    hit = self.stars.find(col, str(obsid).strip())
                     if len(hit):
                         return int(hit[0]), f"OBSID {obsid}"
         return -1, ""
@@ -498,19 +496,17 @@ class AppData:
 
     def table(self, rows, columns=None) -> pd.DataFrame:
         """The star table at some rows (all columns, or the given ones)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        df = self.stars if columns is None else self.stars[[c for c in columns if c in self.stars.columns]]
-        return df.iloc[rows].reset_index(drop=True)
+        return self.stars.frame(np.asarray(rows, dtype=np.int64), columns)
 
     def key_columns(self) -> list[str]:
-        return [c for c in KEY_COLUMNS if c in self.stars.columns]
+        return [c for c in KEY_COLUMNS if c in self.stars]
 
     def sky(self):
         """SkyCoord of every star (built on first use: only sky-position searches need it)."""
         with self._lock:
             if self._sky is None:
                 from astropy.coordinates import SkyCoord
-                if not {"ra", "dec"} <= set(self.stars.columns):
+                if not ("ra" in self.stars and "dec" in self.stars):
                     raise UserInputError("this artifact set has no ra/dec columns")
                 self._sky = SkyCoord(self.column("ra").astype(np.float64), self.column("dec").astype(np.float64),
                                      unit="deg")
@@ -583,7 +579,7 @@ class AppData:
         arr = self._expr_columns.get(name)
         if arr is None:
             if name in self.schema.categories:
-                arr = category_codes(self.stars[name].to_numpy(), self.schema.categories[name])
+                arr = self.stars.codes(name)   # int16 codes in the sorted categories' order, as the schema
             elif name in self.schema.boolean:
                 arr = self.column(name) == 1
             else:
@@ -799,11 +795,11 @@ PRESET_POPULATIONS = {
 }
 
 
-def preset_populations(stars: pd.DataFrame) -> dict[str, str]:
+def preset_populations(stars: StarTable) -> dict[str, str]:
     """The page's preset populations: PRESET_POPULATIONS plus one per set of stars added with ``desa add``."""
     out = dict(PRESET_POPULATIONS)
-    if ADDED_COLUMN in stars.columns:
-        for label in sorted(set(stars[ADDED_COLUMN].astype(str)) - {""}):
+    if ADDED_COLUMN in stars and stars.kind(ADDED_COLUMN) in ("categorical", "text"):
+        for label in sorted(set(stars.unique(ADDED_COLUMN)) - {""}):
             if "'" not in label and "\\" not in label:
                 out[f"added: {label}"] = f"{ADDED_COLUMN} == '{label}'"
     return out

@@ -326,6 +326,15 @@ class ArtifactSet:
             self._stars = self.read_stars(self.columns)
         return self._stars
 
+    def star_table(self):
+        """The star table as memory-mapped columns (:class:`desa_core.columns.StarTable`): what the dashboard
+        reads. A set written before the column store existed is read from stars.parquet into memory."""
+        from desa_core.columns import SCHEMA, StarTable
+        if SCHEMA in self.manifest["files"]:
+            return StarTable.open(self.path)
+        log.info("%s: no column store (an older precompute); reading %s into memory", self.path, STARS)
+        return StarTable.from_frame(self.stars)
+
     def read_stars(self, columns: list[str] | None = None) -> pd.DataFrame:
         p = self.path / STARS
         try:

@@ -33,6 +33,7 @@ import pandas as pd
 
 from desa_core.artifacts import (ADDED_COLUMN, MANIFEST, STARS, ArtifactError, ArtifactSet, ParquetChunkWriter, embedding_file,
                                  file_entry, index_file, save_npy, to_float32, write_manifest)
+from desa_core.columns import COLUMNS_DIR, write_star_columns
 from desa_core.data.store import SurveyStore, SurveyStoreError, sha256_file
 from precompute.stages import MAP_COLUMNS
 
@@ -144,6 +145,8 @@ def add_stars(artifacts, survey, label: str | None = None, run=None, batch_size:
             new_files[index_file(name)] = file_entry(art_path / index_file(name))
         _write_stars(art_path, stars, table)
         new_files[STARS] = file_entry(art_path / STARS)
+        for rel in write_star_columns(art_path, STARS):
+            new_files[rel] = file_entry(art_path / rel)
     except BaseException:
         log.error("add: failed while writing %s; the set is unfinished (no manifest): rerun `desa precompute`",
                   art_path)
@@ -153,7 +156,8 @@ def add_stars(artifacts, survey, label: str | None = None, run=None, batch_size:
         "label": label, "survey": str(store_path), "manifest_sha256": sha256_file(store_path / "manifest.json"),
         "n_stars": n_new, "rows": [n_old, n_old + n_new], "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                         time.gmtime())}]
-    manifest.update({"n_stars": n_old + n_new, "files": {**manifest["files"], **new_files}, "added": added})
+    kept = {rel: meta for rel, meta in manifest["files"].items() if not rel.startswith(COLUMNS_DIR + "/")}
+    manifest.update({"n_stars": n_old + n_new, "files": {**kept, **new_files}, "added": added})
     manifest.pop("format", None)
     manifest.pop("format_version", None)
     write_manifest(art_path, manifest)

@@ -62,12 +62,13 @@ def pca_layout(embedding: np.ndarray, reason: str) -> tuple[np.ndarray, dict]:
 
 
 def umap_layout(embedding: np.ndarray, config: UmapConfig | None = None, seed: int = 0,
-                progress: bool = True, runner=None, emb_path=None) -> tuple[np.ndarray, dict]:
+                progress: bool = True, runner=None, emb_path=None, fitted: dict | None = None) -> tuple[np.ndarray, dict]:
     """(N, 2) float32 UMAP coordinates of ``embedding`` (N, D) (may be memory-mapped) and timing info. Rows
     that are NaN (stars without a single-modality embedding) get NaN coordinates; the layout is fitted on a
     sample of the others and the rest are placed a chunk at a time, through ``runner``
     (:class:`precompute.chunks.ChunkRunner`: in process by default, on Dask workers when it has them, resumable
-    when it has a folder; workers read ``emb_path``, the embedding's .npy file).
+    when it has a folder; workers read ``emb_path``, the embedding's .npy file). ``fitted``: the layout already
+    fitted by :func:`fit_layouts` (kNN placement only), so only the placement runs here.
 
     Fewer than MIN_UMAP_STARS stars (a user's own handful), or a UMAP that fails: the PCA layout of
     :func:`pca_layout` instead, with ``info['method'] = 'pca'`` and the reason (shown in the page)."""
@@ -87,7 +88,7 @@ def umap_layout(embedding: np.ndarray, config: UmapConfig | None = None, seed: i
         out[rows] = xy
         return out, {**info, "n_stars": int(len(rows))}
     try:
-        xy, info = _umap_layout(embedding, rows, cfg, seed, progress, runner, emb_path)
+        xy, info = _umap_layout(embedding, rows, cfg, seed, progress, runner, emb_path, fitted)
     except (TypeError, ValueError) as e:   # e.g. scipy's eigsh on a degenerate neighbour graph
         log.warning("UMAP failed (%s): falling back to a PCA layout", e)
         xy, info = pca_layout(np.asarray(embedding[rows]), f"UMAP failed: {str(e)[:120]}")
@@ -96,12 +97,13 @@ def umap_layout(embedding: np.ndarray, config: UmapConfig | None = None, seed: i
     return xy, {**info, "n_stars": int(len(rows))}
 
 
-def _umap_layout(embedding, defined: np.ndarray, cfg: UmapConfig, seed: int, progress: bool, runner=None,
-                 emb_path=None) -> tuple[np.ndarray, dict]:
+def fit_sample(embedding, defined: np.ndarray, cfg: UmapConfig, seed: int) -> dict:
+    """Fit the UMAP layout on a sample of the ``defined`` rows: {"fit_rows", "fit_xy", "fit_x" (the centred,
+    PCA-reduced sample), "center", "pca_components"/"pca_mean" (or None), "backend", "fit_s", "reducer"}."""
     import umap  # imported here: numba compilation costs seconds and only this stage needs it  # noqa: F401
     from sklearn.decomposition import PCA
 
-    n, dim = embedding.shape
+    dim = embedding.shape[1]
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     n_fit = fit_size(len(defined), cfg)
@@ -128,7 +130,70 @@ def _umap_layout(embedding, defined: np.ndarray, cfg: UmapConfig, seed: int, pro
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs overridden by random_state": determinism is the point
         coords_fit = np.asarray(reducer.fit_transform(fit_x), dtype=np.float32)
-    t_fit = time.perf_counter() - t0
+    return {"fit_rows": fit_rows, "fit_xy": coords_fit, "fit_x": fit_x, "center": center,
+            "pca_components": None if pca is None else pca.components_.astype(np.float32),
+            "pca_mean": None if pca is None else pca.mean_.astype(np.float32), "pca": pca,
+            "backend": backend, "fit_s": round(time.perf_counter() - t0, 2), "reducer": reducer}
+
+
+def fit_from_file(emb_path: str, cfg: UmapConfig, seed: int) -> dict | None:
+    """:func:`fit_sample` of the embedding file at ``emb_path`` (a worker process's task), without the
+    reducer (the kNN placement does not need it); None when UMAP would not run (too few stars)."""
+    from precompute.stages import defined_rows
+    emb = np.load(emb_path, mmap_mode="r")
+    rows = defined_rows(emb)
+    if len(rows) < MIN_UMAP_STARS:
+        return None
+    fit = fit_sample(emb, rows, cfg, seed)
+    fit.pop("reducer")
+    fit.pop("pca")
+    return fit
+
+
+def fit_layouts(paths: dict, cfg: UmapConfig, seed: int = 0, client=None) -> dict:
+    """Fit the UMAP layouts of several embeddings at once: {name: fit} for ``paths`` {name: .npy path}.
+
+    A seeded umap-learn fit runs on one core, so the layouts are fitted side by side: on the Dask ``client``
+    when there is one, else in up to ``os.cpu_count()`` worker processes. A fit that fails is left out (the
+    layout is then fitted, or falls back to PCA, in :func:`umap_layout`)."""
+    import os
+    names = list(paths)
+    if not names:
+        return {}
+    if client is not None:
+        futures = {k: client.submit(fit_from_file, str(paths[k]), cfg, seed, pure=False) for k in names}
+        results = {}
+        for k, f in futures.items():
+            try:
+                results[k] = f.result()
+            except Exception as e:  # noqa: BLE001 -- fitted again in process, with its own error handling
+                log.warning("UMAP fit of %s on Dask failed (%s); fitting it here", k, e)
+        return {k: v for k, v in results.items() if v is not None}
+    workers = min(len(names), os.cpu_count() or 1)
+    if workers < 2:
+        return {}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    log.info("UMAP: fitting %d layouts side by side in %d processes", len(names), workers)
+    results = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {k: pool.submit(fit_from_file, str(paths[k]), cfg, seed) for k in names}
+        for k, f in futures.items():
+            try:
+                results[k] = f.result()
+            except Exception as e:  # noqa: BLE001
+                log.warning("UMAP fit of %s in a worker process failed (%s); fitting it here", k, e)
+    return {k: v for k, v in results.items() if v is not None}
+
+
+def _umap_layout(embedding, defined: np.ndarray, cfg: UmapConfig, seed: int, progress: bool, runner=None,
+                 emb_path=None, fitted: dict | None = None) -> tuple[np.ndarray, dict]:
+    n = embedding.shape[0]
+    t0 = time.perf_counter()
+    fit = fitted if (fitted is not None and cfg.placement == "knn") else fit_sample(embedding, defined, cfg, seed)
+    fit_rows, coords_fit, fit_x, center = fit["fit_rows"], fit["fit_xy"], fit["fit_x"], fit["center"]
+    reducer, pca, backend = fit.get("reducer"), fit.get("pca"), fit["backend"]
+    t_fit = fit["fit_s"]
     out = np.full((n, 2), np.nan, dtype=np.float32)
     out[fit_rows] = coords_fit
     n_rest = len(defined) - len(fit_rows)
@@ -151,8 +216,7 @@ def _umap_layout(embedding, defined: np.ndarray, cfg: UmapConfig, seed: int, pro
         # kNN placement of every chunk of rows (the fitted ones are placed too, and then keep their fit).
         from precompute.chunks import ChunkRunner, row_ranges
         payload = {"fit_x": fit_x, "fit_xy": coords_fit, "center": center,
-                   "pca_components": None if pca is None else pca.components_.astype(np.float32),
-                   "pca_mean": None if pca is None else pca.mean_.astype(np.float32),
+                   "pca_components": fit["pca_components"], "pca_mean": fit["pca_mean"],
                    "k": np.int64(cfg.knn), "token": np.int64(hash((n, len(fit_rows), seed, float(center.sum()))))}
         payload = {k: v for k, v in payload.items() if v is not None}
         runner = runner or ChunkRunner(None, progress=progress, desc="UMAP placement (knn)")
@@ -165,7 +229,8 @@ def _umap_layout(embedding, defined: np.ndarray, cfg: UmapConfig, seed: int, pro
             keep = ~is_fit[a:b]
             out[a:b][keep] = res["xy"][keep]
     info = {"method": "umap", "backend": backend, "n_fit": int(len(fit_rows)), "n_transformed": int(n_rest),
-            "placement": cfg.placement if n_rest else "none", "pca_dims": None if pca is None else cfg.pca_dims,
+            "placement": cfg.placement if n_rest else "none",
+            "pca_dims": None if fit["pca_components"] is None else cfg.pca_dims,
             "fit_s": round(t_fit, 2), "total_s": round(time.perf_counter() - t0, 2)}
     log.info("UMAP done: %s", info)
     return out, info

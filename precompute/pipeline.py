@@ -30,7 +30,7 @@ from desa_core.artifacts import (EMBEDDING_NAMES, KIND_SURVEY, KIND_SYNTHETIC, M
 from desa_core.data.store import SurveyStoreError, sha256_file
 from precompute import stages as S
 from precompute.chunks import ChunkRunner
-from precompute.maps import UmapConfig, umap_layout
+from precompute.maps import UmapConfig, fit_layouts, umap_layout
 
 log = logging.getLogger(__name__)
 
@@ -260,12 +260,20 @@ def _stages(out, survey, run, synthetic, seed, embedder, index_kind, index_optio
         _drop_manifest(out)
         t0 = time.perf_counter()
         rels, infos = [], {}
-        for name in [k for k in S.MAP_COLUMNS if k in names]:
+        layout_names = [k for k in S.MAP_COLUMNS if k in names]
+        fits = {}
+        if umap_cfg.placement == "knn" and len(layout_names) > 1 and n >= umap_cfg.fit_min:
+            # each seeded fit runs on one core: fit the layouts side by side, then place the stars
+            fits = fit_layouts({k: out / embedding_file(k) for k in layout_names}, umap_cfg, seed=seed,
+                               client=dask._pool.client() if dask.wanted else None)
+        for name in layout_names:
             path = out / embedding_file(name)
             emb = np.load(path, mmap_mode="r")
             log.info("stage maps: UMAP of the %s embedding (placement %s)", name, dask.where)
             runner = dask.runner(out, f"maps-{maps_fp}-{name}", f"UMAP placement ({name})", progress)
-            xy, infos[name] = umap_layout(emb, umap_cfg, seed=seed, progress=progress, runner=runner, emb_path=path)
+            xy, infos[name] = umap_layout(emb, umap_cfg, seed=seed, progress=progress, runner=runner, emb_path=path,
+                                          fitted=fits.get(name))
+            infos[name]["fitted_alongside_other_layouts"] = name in fits
             rels.append(S.save_map(out, xy, name))
             runner.clear()
         rec = book.record("maps", maps_fp, rels, time.perf_counter() - t0, umap=infos["desa"], layouts=infos)
@@ -285,8 +293,8 @@ def _stages(out, survey, run, synthetic, seed, embedder, index_kind, index_optio
         if predict_fp is not None:
             with np.load(out / S.PREDICTIONS_FILE) as z:
                 predictions = {k: z[k] for k in z.files}
-        rel = S.write_stars(out, catalog_batches, layouts, predictions)
-        book.record("stars", stars_fp, [rel], time.perf_counter() - t0)
+        rels = S.write_star_table(out, catalog_batches, layouts, predictions)
+        book.record("stars", stars_fp, rels, time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ stage 5: manifest
     stage_names = [emb_stage] + (["predict"] if predict_fp else []) + [f"index_{k}" for k in names] + ["maps", "stars"]

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 STATE_DIR = "_state"
 WORK_DIR = "_work"
 # Bump a stage's version when its code changes what it writes: old outputs are then recomputed.
-STAGE_VERSIONS = {"embed": 1, "synthetic": 1, "index": 2, "maps": 4, "stars": 3, "predict": 1}
+STAGE_VERSIONS = {"embed": 1, "synthetic": 1, "index": 3, "maps": 4, "stars": 4, "predict": 1}
 PREDICTIONS_FILE = f"{WORK_DIR}/predictions.npz"
 FIRST_COLUMNS = ["star_id", "umap_x", "umap_y", "bp_rp", "abs_g", "teff", "log_lum"]
 # The UMAP layouts precompute writes: embedding -> the star-table columns of its coordinates.
@@ -352,6 +352,14 @@ def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]]
         if not w._done:
             w.abort()
     return "stars.parquet"
+
+
+def write_star_table(out: Path, catalog_batches, layouts: dict, predictions: dict | None = None) -> list[str]:
+    """stars.parquet (:func:`write_stars`) and its memory-mapped column store (desa_core.columns), which is
+    what the dashboard opens."""
+    from desa_core.columns import write_star_columns
+    rel = write_stars(out, catalog_batches, layouts, predictions)
+    return [rel] + write_star_columns(out, rel)
 
 
 def map_file(name: str) -> str:

@@ -86,7 +86,7 @@ def test_lasso_and_url_spec_restore(ex, art):
 
 
 def test_population_expressions_presets_and_algebra(ex):
-    s, stars = ex.session, ex.data.stars
+    s, stars = ex.session, ex.data.artifacts.stars   # the parquet table, read by pandas: the reference
     sync = ((stars.prot_days < 7) & (stars.binary_class == "close_sync")).to_numpy()
     assert s.populations["synchronized binaries"]["count"] == int(sync.sum())
     assert "young fast rotators" in s.populations
@@ -139,7 +139,7 @@ def test_search_by_id_position_and_click(ex):
     s.select_query("teff > 5800")
     ex.search.restrict = "(current selection)"
     table = ex.search.search_star(sid)
-    assert (d.stars.teff.iloc[table.row] > 5800).all()
+    assert (d.artifacts.stars.teff.iloc[table.row] > 5800).all()
     ex.search.restrict = "all stars"
     # sky position in degrees and sexagesimal
     ra, dec = float(d.column("ra")[11]), float(d.column("dec")[11])

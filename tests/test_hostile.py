@@ -64,7 +64,7 @@ def test_expression_bombs_are_refused_at_once(ex, expr):
     "prot_days ** 0.5 < 2",
 ])
 def test_the_sandbox_computes_what_pandas_computes(ex, expr):
-    want = ex.data.stars.query(expr, engine="python").index.to_numpy()
+    want = ex.data.artifacts.stars.query(expr, engine="python").index.to_numpy()
     got = np.flatnonzero(ex.data.evaluate(expr))
     np.testing.assert_array_equal(got, want)
 

@@ -53,12 +53,12 @@ def test_approximate_kinds_meet_recall_and_store_tuning(data, kind, tmp_path):
 
 def test_auto_chooses_flat_then_approximate():
     assert X.choose_kind(10_000, 32) == "flat"
-    assert X.choose_kind(400_000, 32) == "flat" and X.choose_kind(400_000, 256) == "hnsw"
-    assert X.choose_kind(2_000_000, 32) == "hnsw"
-    assert X.choose_kind(20_000_000, 32) == "ivfpq"
+    assert X.choose_kind(400_000, 32) == "flat" and X.choose_kind(400_000, 256) == "ivf"
+    assert X.choose_kind(2_000_000, 32) == "ivf" and X.choose_kind(10_000_000, 32) == "ivf"
+    assert X.choose_kind(20_000_000, 256) == "ivfpq" and X.choose_kind(40_000_000, 32) == "ivfpq"
     x = _clustered(600, 16)
     _, info = X.build_index(x, kind="auto", flat_max=500, n_recall_queries=50)
-    assert info.kind == "hnsw"
+    assert info.kind == "ivf"
 
 
 def test_subset_search_stays_inside_the_selection(data):

@@ -50,3 +50,24 @@ def test_placed_stars_land_among_their_own_kind(placement):
     votes = label[fit_rows][nn]
     majority = np.array([np.bincount(v, minlength=3).argmax() for v in votes])
     assert (majority == label[rest]).mean() > 0.95
+
+
+def test_layouts_fitted_side_by_side_equal_the_ones_fitted_in_turn(tmp_path):
+    """precompute fits the three layouts in worker processes (each seeded fit uses one core); the maps must be
+    the ones a fit in this process gives."""
+    from precompute.maps import fit_layouts
+    x, _ = _blobs(n_per=120, dims=12)
+    y = x[:, ::-1].copy() * 0.5
+    y[::7] = np.nan                                   # a stream some stars lack
+    paths = {"a": tmp_path / "a.npy", "b": tmp_path / "b.npy"}
+    np.save(paths["a"], x)
+    np.save(paths["b"], y)
+    cfg = UmapConfig(fit_min=200, fit_max=250, n_neighbors=10)
+    fits = fit_layouts(paths, cfg, seed=3)
+    assert set(fits) == {"a", "b"} and len(fits["a"]["fit_rows"]) == fit_size(360, cfg) == 200
+    for name in paths:
+        emb = np.load(paths[name], mmap_mode="r")
+        xy_side, info = umap_layout(emb, cfg, seed=3, progress=False, emb_path=paths[name], fitted=fits[name])
+        xy_here, _ = umap_layout(emb, cfg, seed=3, progress=False, emb_path=paths[name])
+        np.testing.assert_allclose(xy_side, xy_here, atol=1e-4, equal_nan=True)
+        assert info["n_fit"] == len(fits[name]["fit_rows"]) and np.isnan(xy_side).any() == (name == "b")

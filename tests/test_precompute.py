@@ -31,8 +31,13 @@ def test_synthetic_set_through_the_cli(tmp_path):
     assert m["n_stars"] == 500 and m["survey"] is None and m["run"] is None
     assert set(m["stages"]) == {"synthetic", "index_desa", "index_light_curve", "index_spectrum", "maps", "stars"}
     assert all(s["wall_s"] >= 0 for s in m["stages"].values())
-    assert set(m["files"]) == {"stars.parquet", "emb_desa.npy", "emb_light_curve.npy", "emb_spectrum.npy",
-                               "index_desa.faiss", "index_light_curve.faiss", "index_spectrum.faiss"}
+    assert {f for f in m["files"] if not f.startswith("columns/")} == {
+        "stars.parquet", "emb_desa.npy", "emb_light_curve.npy", "emb_spectrum.npy",
+        "index_desa.faiss", "index_light_curve.faiss", "index_spectrum.faiss"}
+    # the memory-mapped star table the dashboard opens: every column of stars.parquet, and the id lookup
+    cols = {f for f in m["files"] if f.startswith("columns/")}
+    assert {"columns/schema.json", "columns/star_id_sorted.npy", "columns/star_id_order.npy"} <= cols
+    assert len(cols) == len(a.stars.columns) + 3
     for name, e in m["indexes"].items():
         assert e["type"] == "Flat" and e["recall_at_10"] == 1.0 and e["n"] == m["embeddings"][name]["n_defined"]
     stars = a.stars

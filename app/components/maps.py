@@ -323,7 +323,7 @@ class Maps(pn.viewable.Viewer):
         if hit is None:
             return "<small>Hover over a star on a map to see it here; click it to open its detail.</small>"
         key, row = hit
-        s = self.data.stars.iloc[row]
+        s = self.data.stars.row(row)
         parts = [f"<b>{esc(self.data.star_ids[row])}</b>"]
         for col in HOVER_COLUMNS:
             if col in s.index:

@@ -116,7 +116,7 @@ class Probes(pn.viewable.Viewer):
     @param.depends("target", watch=True)
     def _update_classes(self):
         if self.target in self.data.categorical_columns:
-            classes = sorted(map(str, self.data.stars[self.target].dropna().unique()))
+            classes = list(self.data.schema.categories[self.target])
             self.param.positive_class.objects = classes
             self.positive_class = "close_sync" if "close_sync" in classes else classes[0]
         else:
@@ -136,8 +136,10 @@ class Probes(pn.viewable.Viewer):
         if t in self.data.boolean_columns:
             return self.data.column(t), "logistic", t
         if t in self.data.categorical_columns:
-            s = self.data.stars[t]
-            y = np.where(s.isna().to_numpy(), np.nan, (s.astype(str) == str(self.positive_class)).to_numpy())
+            codes = np.asarray(self.data.expression_column(t))   # int16 class codes, -1 = unknown
+            cats = self.data.schema.categories[t]
+            pos = cats.index(str(self.positive_class)) if str(self.positive_class) in cats else -2
+            y = np.where(codes < 0, np.nan, codes == pos)
             return y.astype(np.float32), "logistic", f"{t} == {self.positive_class!r}"
         raise UserInputError(f"unknown probe target {t!r}")
 

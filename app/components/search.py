@@ -368,8 +368,8 @@ class Search(pn.viewable.Viewer):
         sp = read_uploaded_spectrum(*spectrum) if spectrum is not None else None
         row, how = self.data.match_upload(kepler_id=None if lc is None else lc[2], obsid=None if sp is None else sp[4])
         abs_g_src = "given" if abs_g is not None else ""
-        if abs_g is None and row >= 0 and LUMINOSITY_COLUMN in self.data.stars.columns:
-            v = float(self.data.stars[LUMINOSITY_COLUMN].iat[row])
+        if abs_g is None and row >= 0 and LUMINOSITY_COLUMN in self.data.numeric_columns:
+            v = float(self.data.column(LUMINOSITY_COLUMN)[row])
             if np.isfinite(v):
                 abs_g, abs_g_src = v, f"catalogue {LUMINOSITY_COLUMN} of {self.data.star_ids[row]}"
         embedder = self.data.embedder()

@@ -81,23 +81,23 @@ class StarDetail(pn.viewable.Viewer):
         self.show_row(self.data.row_of(self.star_id if star_id is None else star_id))
 
     def properties(self, row: int) -> pd.DataFrame:
-        s = self.data.stars.iloc[row]
+        s = self.data.stars.row(row)
         return pd.DataFrame({"property": list(s.index), "value": [str(v) for v in s.to_numpy()]})
 
     def predictions(self, row: int) -> pd.DataFrame:
         """The model's predictions of this star next to the catalogue value each is compared with."""
-        stars = self.data.stars
+        star = self.data.stars.row(row)
         out = []
         for col, label in PREDICTION_LABELS.items():
-            if col not in stars.columns or col in ("age_pred_lo_gyr", "age_pred_hi_gyr"):
+            if col not in star.index or col in ("age_pred_lo_gyr", "age_pred_hi_gyr"):
                 continue
-            v = stars[col].iat[row]
+            v = star[col]
             shown = "–" if pd.isna(v) else f"{float(v):.3g}"
-            if col == "age_pred_gyr" and "age_pred_lo_gyr" in stars.columns and not pd.isna(v):
-                shown += f" [{float(stars['age_pred_lo_gyr'].iat[row]):.3g}, {float(stars['age_pred_hi_gyr'].iat[row]):.3g}]"
-            ref = next((c for c in PREDICTION_TRUTH[col] if c in stars.columns and not pd.isna(stars[c].iat[row])), None)
-            ref_v = "–" if ref is None else str(stars[ref].iat[row] if stars[ref].dtype == bool else
-                                               f"{float(stars[ref].iat[row]):.3g}")
+            if col == "age_pred_gyr" and "age_pred_lo_gyr" in star.index and not pd.isna(v):
+                shown += f" [{float(star['age_pred_lo_gyr']):.3g}, {float(star['age_pred_hi_gyr']):.3g}]"
+            ref = next((c for c in PREDICTION_TRUTH[col] if c in star.index and not pd.isna(star[c])), None)
+            ref_v = "–" if ref is None else str(star[ref] if isinstance(star[ref], bool | np.bool_) else
+                                               f"{float(star[ref]):.3g}")
             out.append({"predicted": label, "value": shown, "catalogue": ref or "–", "catalogue value": ref_v})
         return pd.DataFrame(out)
 
@@ -111,13 +111,14 @@ class StarDetail(pn.viewable.Viewer):
         self._plots.object = self.figure(row)
 
     def _value(self, col: str, row: int) -> float:
-        return float(self.data.stars[col].iat[row]) if col in self.data.stars else float("nan")
+        return float(self.data.column(col)[row]) if col in self.data.numeric_columns else float("nan")
 
     def fold_period(self, row: int) -> tuple[float, str]:
         """The period the light curve is folded at: the measured ACF period when the rotation was detected,
         else the catalogue's Prot (for a simulated survey the true one, said in the title)."""
         p = self._value("prot_acf_days", row)
-        det = bool(self.data.stars["rotation_detected"].iat[row]) if "rotation_detected" in self.data.stars else False
+        det = ("rotation_detected" in self.data.boolean_columns
+               and bool(self.data.column("rotation_detected")[row] == 1))
         if np.isfinite(p) and p > 0 and det:
             return p, "measured (ACF)"
         p = self._value("prot_days", row)
