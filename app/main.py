@@ -343,8 +343,8 @@ def _warm(data: AppData):
     ex.maps.render("umap")
     for col in ex.crossfilter.columns.value:  # the cross-filter's bins
         data.histogram_bins(col)
-    for key in ex.maps.shown_keys():  # the hover's kd-trees
-        data._map_tree(key)
+    for key in ex.maps.shown_keys():  # the hover's star grids
+        data._map_grid(key)
     log.info("renderers warmed in %.1f s", time.perf_counter() - t0)
 
 

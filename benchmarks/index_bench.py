@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/index_bench.py --n 100000 --dim 32 --out benchmarks/results/index_1e5_d32.json
     .venv/bin/python benchmarks/index_bench.py --n 1000000 --dim 256 --kinds hnsw,ivfpq
     .venv/bin/python benchmarks/index_bench.py --artifacts artifacts/default --embedding desa   # real embeddings
+    .venv/bin/python benchmarks/index_bench.py --artifacts ART --built        # the set's own indexes, as served
+
+``--built``: no index is built; each index of the artifact set is opened (memory-mapped) and searched as the
+dashboard searches it (``ArtifactSet.search``: queries centred like the index, one FAISS thread), and recall@10
+is measured against exact cosine search over the set's centred embedding (streamed from its memory map).
 
 Vectors: the synthetic benchmark embeddings (precompute/synthetic.py: simulator population, fixed random
 projection plus noise) at the requested width, or an artifact set's embedding. Queries are stars of the set
@@ -93,6 +98,63 @@ def bench_kind(kind: str, vectors: np.ndarray, queries_rows: np.ndarray, exact: 
             "peak_rss_mb_so_far": round(peak_rss_mb(), 1)}
 
 
+def bench_built(a) -> int:
+    """The artifact set's own indexes, searched as the server searches them."""
+    from desa_core.artifacts import ArtifactSet, _Centred
+    X.set_search_threads(a.omp_threads or BUILD_THREADS)
+    art = ArtifactSet.open(a.artifacts)
+    doc = {"benchmark": "index (built, as served)", "artifacts": str(Path(a.artifacts).resolve()),
+           "n_stars": art.n_stars, "k": 10, "search_omp_threads": a.omp_threads or BUILD_THREADS, "indexes": {}}
+    rng = np.random.default_rng(12345)   # not the build's tuning queries (seed 1)
+    for name in [n for n in art.embedding_names if n in art.manifest["indexes"]]:
+        info = art.index_info(name)
+        emb = art.embedding(name)
+        t0 = time.perf_counter()
+        art.index(name)
+        open_s = time.perf_counter() - t0
+        n = emb.shape[0]
+        rows = np.sort(rng.choice(n, size=min(4 * a.queries, n), replace=False))
+        rows = rows[np.isfinite(np.asarray(emb[rows])).all(axis=1)][:a.queries]
+        q = np.asarray(emb[rows], np.float32)
+        center = art.center(name)
+        vectors = emb if center is None else _Centred(emb, center)
+        t0 = time.perf_counter()
+        exact = X.exact_search(vectors, q if center is None else q - center, 10, chunk=500_000)[1]
+        exact_s = time.perf_counter() - t0
+        lat, got = [], []
+        for i in range(len(q)):
+            t = time.perf_counter()
+            got.append(art.search(name, q[i:i + 1], 10)[1])
+            lat.append((time.perf_counter() - t) * 1e3)
+        sub = {}
+        for size in (10_000, min(n // 2, 500_000)):
+            subset = np.sort(rng.choice(n, size=size, replace=False))
+            ts = []
+            for i in range(20):
+                t = time.perf_counter()
+                art.search(name, q[i:i + 1], 10, subset_ids=subset)
+                ts.append((time.perf_counter() - t) * 1e3)
+            sub[str(size)] = round(float(np.median(ts)), 3)
+        r = {"type": info.get("type"), "params": info.get("params"), "n": info.get("n"), "dim": int(emb.shape[1]),
+             "recall_at_10_build": info.get("recall_at_10"),
+             "recall_at_10": round(X.recall_at_k(np.vstack(got), exact), 4), "n_queries": len(q),
+             "latency_ms_p50": round(float(np.percentile(lat, 50)), 3),
+             "latency_ms_p95": round(float(np.percentile(lat, 95)), 3),
+             "subset_latency_ms_p50": sub, "open_s": round(open_s, 4), "exact_ground_truth_s": round(exact_s, 1),
+             "file_mb": round((art.path / info["file"]).stat().st_size / 2**20, 1)}
+        print(f"[index_bench] {name}: {json.dumps(r)}", file=sys.stderr, flush=True)
+        doc["indexes"][name] = r
+    doc.update({"peak_rss_mb": round(peak_rss_mb(), 1), "faiss": X.faiss.__version__,
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                            "load_average": [round(x, 2) for x in os.getloadavg()]},
+                "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    out = Path(a.out or Path(__file__).parent / "results" / f"index_built_{art.n_stars}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=100_000)
@@ -105,7 +167,12 @@ def main(argv=None) -> int:
     p.add_argument("--omp-threads", type=int, default=1,
                    help="FAISS threads per search (1 = how a server answers single queries; 0 = FAISS default)")
     p.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/index_<n>_d<dim>.json)")
+    p.add_argument("--built", action="store_true", help="with --artifacts: time the set's own indexes")
     a = p.parse_args(argv)
+    if a.built:
+        if not a.artifacts:
+            p.error("--built needs --artifacts")
+        return bench_built(a)
 
     t0 = time.perf_counter()
     if a.artifacts:
