@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,7 @@ class Colouring:
     @property
     def key(self) -> tuple:
         return (self.name, self.kind, self.version)
+SHARED_RASTERS = 64   # all-stars map layers kept per process (each ~1 MB)
 RETRY_S = 30.0   # a failed survey-store or model load is retried after this long
 
 
@@ -258,6 +260,7 @@ class AppData:
         self._lock = threading.RLock()
         self._sky = None
         self._trees: dict = {}
+        self._rasters: "OrderedDict[tuple, Any]" = OrderedDict()   # all-stars map layers shared by sessions
         self._contours: dict = {}
         self._bins: dict = {}
         self._clusters: dict = {}
@@ -368,6 +371,24 @@ class AppData:
                 m = self.maps[key]
                 hit = self._trees[key] = MapGrid(self.column(m.x), self.column(m.y), *self.default_range(key))
             return hit
+
+    def shared_raster(self, key: tuple, compute):
+        """The all-stars layer of a map for a colouring every session sees alike (density, a catalogue column),
+        computed once per process per view and colouring (an LRU of SHARED_RASTERS entries): at 10^7 stars each
+        costs ~0.1 s, and every new session opening the page at the default view would pay it for each map."""
+        with self._lock:
+            hit = self._rasters.get(key)
+            if hit is not None:
+                self._rasters.move_to_end(key)
+                return hit
+        value = compute()
+        if isinstance(value, np.ndarray):
+            value.setflags(write=False)   # shared by every session: nobody may draw on it
+        with self._lock:
+            self._rasters[key] = value
+            while len(self._rasters) > SHARED_RASTERS:
+                self._rasters.popitem(last=False)
+        return value
 
     def nearest_star(self, key: str, x: float, y: float, x_range, y_range, width: int, height: int,
                      max_px: float) -> int:

@@ -70,6 +70,7 @@ class IndexInfo:
     params: dict = field(default_factory=dict)   # efSearch / nprobe / rerank actually used
     n_recall_queries: int = 0
     gpu: bool = False
+    train_s: float | None = None    # IVF kinds: the k-means training alone (the rest is adding and tuning)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,6 +151,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray | None = None, kind: str = 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     params: dict = {}
+    t_train = None
 
     if kind == "flat":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -186,6 +188,8 @@ def build_index(vectors: np.ndarray, ids: np.ndarray | None = None, kind: str = 
         else:
             index.train(train)
         del train
+        t_train = time.perf_counter() - t0
+        log.info("trained %s in %.1f s", type_name, t_train)
 
     if ivf_adder is not None and kind in ("ivf", "ivfpq"):
         ivf_adder(index, ids, chunk)
@@ -207,7 +211,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray | None = None, kind: str = 
         recall = _tune(index, kind, queries, exact, target_recall, params, vectors, ids)
     info = IndexInfo(type=type_name, kind=kind, n=n, dim=dim, recall_at_10=None if recall is None else
                      round(float(recall), 4), build_s=round(time.perf_counter() - t0, 3), params=params,
-                     n_recall_queries=nq, gpu=gpu)
+                     n_recall_queries=nq, gpu=gpu, train_s=None if t_train is None else round(t_train, 3))
     log.info("built %s over %d vectors in %.1f s (recall@10 %s)", type_name, n, info.build_s, info.recall_at_10)
     return index, info
 

@@ -358,3 +358,23 @@ def test_header_names_the_model_and_its_objective(ex):
     assert ex.data.manifest["run"]["objective"] == "desa_paper"
     assert "DESA objective desa_paper" in info and "fingerprint" in info
     assert "Simulated survey" in ex.header().objects[0].object
+
+
+def test_sessions_share_the_all_stars_layers_but_not_their_own_colourings(ex):
+    from app.main import Explorer
+    other = Explorer(ex.data)
+    for e in (ex, other):
+        e.maps.render("umap")
+    xr, yr = ex.data.default_range("umap")
+    ckey = ("umap", ex.session.colouring().key, tuple(xr), tuple(yr))
+    shared = ex.data._rasters.get(ckey)
+    assert shared is not None and not shared.flags.writeable
+    # the second session drew the very same layer, not a copy it computed again
+    assert other.maps._cache["umap"]["base"] is shared is ex.maps._cache["umap"]["base"]
+    # a probe's prediction is this session's own: never in the shared cache, never seen by the other session
+    n_before = len(ex.data._rasters)
+    ex.probes.fit(target="teff", n_labels=60)
+    ex.session.color = "probe prediction"
+    ex.maps.render("umap")
+    assert all(k[1][0] != "probe prediction" for k in ex.data._rasters) and len(ex.data._rasters) == n_before
+    assert other.session.color == "density"

@@ -390,7 +390,11 @@ class Maps(pn.viewable.Viewer):
         # top: an array, False (nothing selected) or None (not computed yet)
         top = hit["top"] if hit and hit["ckey"] == ckey and hit["version"] == version else None
         if base is None:
-            base = self._raster(key, c, None, x_range, y_range)
+            if c.name == "density" or (c.version == 0 and (c.name in self.data.colour_columns
+                                                           or c.name in self.data.categorical_columns)):
+                base = self.data.shared_raster(ckey, lambda: self._raster(key, c, None, x_range, y_range))
+            else:   # a colouring of this session's own (probe, populations, clusters)
+                base = self._raster(key, c, None, x_range, y_range)
         if top is None:
             top = False if sel is None else self._raster(key, c, np.flatnonzero(sel), x_range, y_range)
         with self._cache_lock:
