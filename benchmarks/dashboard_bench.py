@@ -51,6 +51,20 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def _status_mb() -> dict:
+    """RssAnon (the process's own memory) and RssFile (pages of memory-mapped files: page cache, shared with
+    other processes and dropped by the kernel under pressure) from /proc/self/status (Linux)."""
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(("RssAnon:", "RssFile:")):
+                k, v = line.split(":")
+                out[k.strip().lower()] = round(int(v.split()[0]) / 1024, 1)
+    except OSError:
+        pass
+    return out
+
+
 def _uss_mb() -> float:
     """Private memory of this process: what a session really adds (RSS also counts shared file pages)."""
     import psutil
@@ -245,7 +259,14 @@ def main(argv=None) -> int:
     data = load_app_data(a.artifacts)
     out["n_stars"] = data.n
     out["load_s"] = round(time.perf_counter() - t0, 2)
+    rss_loaded = _rss_mb()
+    t_warm = time.perf_counter()
     _warm(data)
+    # what `desa serve` does before it answers the first page: load, then warm the renderers (first renders,
+    # hover grids, cross-filter bins)
+    out["warm_s"] = round(time.perf_counter() - t_warm, 2)
+    out["open_s"] = round(out["load_s"] + out["warm_s"], 2)
+    out["rss_after_load_mb"] = round(rss_loaded, 1)
     # The server touches every index's pages in a background thread after loading (AppData.touch_indexes);
     # the timed parts start when it is done, as for a visitor of a server that has been up for a minute.
     # While it runs, a search competes with it for the two cores (see docs/dashboard.md).
@@ -258,6 +279,7 @@ def main(argv=None) -> int:
     rss_data = _rss_mb()
 
     uss_data = _uss_mb()
+    status_data = _status_mb()
     ex, _doc = _live_session(data)
     ex.session.select_box("umap", *_random_box(data, "umap", rng))
     gc.collect()
@@ -273,7 +295,10 @@ def main(argv=None) -> int:
                         "second_session_adds_rss": round(rss_two - rss_one, 1),
                         "data_loaded_uss": round(uss_data, 1), "first_session_uss": round(uss_one, 1),
                         "second_session_uss": round(uss_two, 1),
-                        "second_session_adds_uss": round(uss_two - uss_one, 1)}
+                        "second_session_adds_uss": round(uss_two - uss_one, 1),
+                        "data_loaded_anon": status_data.get("rssanon"),
+                        "data_loaded_file": status_data.get("rssfile"),
+                        "second_session_anon": _status_mb().get("rssanon")}
     print(f"{data.n:,} stars loaded in {out['load_s']} s", flush=True)
     print("memory", out["memory_mb"], flush=True)
 
@@ -308,6 +333,8 @@ def main(argv=None) -> int:
         print("concurrency", out["concurrency"], flush=True)
 
     out["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    out["memory_mb"]["end_rss"] = round(_rss_mb(), 1)   # after probes (they read every embedding) and sessions
+    out["memory_mb"].update({f"end_{k}": v for k, v in _status_mb().items()})
     text = json.dumps(out, indent=2)
     if a.out:
         path = Path(a.out)

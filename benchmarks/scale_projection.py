@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 
-def project(manifest: dict, target_n: int, workers: int, cores: int, embed_rate: float | None) -> dict:
+def project(manifest: dict, target_n: int, workers: int, cores: int, embed_rate: float | None,
+            train_s: float | None = None) -> dict:
     n = int(manifest["n_stars"])
     scale = target_n / n
     stages = {k: float(v["wall_s"]) for k, v in manifest["stages"].items()}
@@ -48,7 +49,7 @@ def project(manifest: dict, target_n: int, workers: int, cores: int, embed_rate:
     # indexes: training once; adding per row, x sqrt(scale) for the longer lists
     for name, info in manifest["indexes"].items():
         build = float(info.get("build_s", stages.get(f"index_{name}", 0.0)))
-        train = float(info.get("train_s") or 0.0)
+        train = float(info.get("train_s") or train_s or 0.0)
         add = max(build - train, 0.0)
         rows[f"index {name}"] = {"measured_s": build, "measured_train_s": train or None,
                                  "projected_s": train * scale + add * scale * math.sqrt(scale) / speed,
@@ -79,18 +80,22 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--cores", type=int, default=os.cpu_count() or 2, help="cores of the measured run")
     p.add_argument("--embedding-json", default=None, help="precompute_bench --embed-only JSON (one thread)")
+    p.add_argument("--train-s", type=float, default=None,
+                   help="IVF training time per index, measured separately (when the manifest has no train_s)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     manifest = json.loads((Path(a.artifacts) / "manifest.json").read_text())
     rate = None
     if a.embedding_json:
         e = json.loads(Path(a.embedding_json).read_text())
-        fresh = e.get("fresh") or e.get("embedding", {}).get("fresh") or {}
-        rate = fresh.get("stars_per_s") or fresh.get("default", {}).get("stars_per_s")
+        rate = (e.get("embedding") or e).get("fresh_stars_per_s")
+        if not rate:
+            p.error(f"{a.embedding_json}: no fresh_stars_per_s (write it with precompute_bench.py --embed-only)")
     doc = {"benchmark": "scale projection", "source": str(Path(a.artifacts).resolve()),
            "model": __doc__.split("The model", 1)[1].strip(),
-           "with_real_embedding": project(manifest, int(a.target), a.workers, a.cores, rate) if rate else None,
-           "synthetic": project(manifest, int(a.target), a.workers, a.cores, None),
+           "with_real_embedding": project(manifest, int(a.target), a.workers, a.cores, rate, a.train_s)
+           if rate else None,
+           "synthetic": project(manifest, int(a.target), a.workers, a.cores, None, a.train_s),
            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     text = json.dumps(doc, indent=2)
     if a.out:

@@ -51,7 +51,7 @@ def _evaluate(a):
 def _precompute(a):
     from precompute.pipeline import run_precompute
     run_precompute(survey=a.survey, run=a.run, out=a.out, synthetic=a.synthetic, workers=a.workers,
-                   scheduler=a.scheduler, seed=a.seed, device=a.device)
+                   scheduler=a.scheduler, seed=a.seed, device=a.device, index_kind=a.index_kind)
 
 
 def _add(a):
@@ -113,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="artifact folder")
     s.add_argument("--synthetic", type=int, default=None,
                    help="write a synthetic BENCHMARK artifact set of N stars (no survey/model needed)")
-    s.add_argument("--workers", type=int, default=0, help="Dask workers for the embedding stage (0: in process)")
+    s.add_argument("--workers", type=int, default=0,
+                   help="Dask workers for the chunked stages: embedding, IVF adding, map placement (0: in process)")
+    s.add_argument("--index-kind", default="auto", choices=["auto", "flat", "hnsw", "ivf", "ivfpq"],
+                   help="FAISS index kind (auto: flat while small, IVF-Flat up to 4 GiB of vectors, IVF-PQ beyond)")
     s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None, help="cpu or cuda: the model, FAISS training and UMAP (cuML) on a GPU "

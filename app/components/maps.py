@@ -396,7 +396,7 @@ class Maps(pn.viewable.Viewer):
             else:   # a colouring of this session's own (probe, populations, clusters)
                 base = self._raster(key, c, None, x_range, y_range)
         if top is None:
-            top = False if sel is None else self._raster(key, c, np.flatnonzero(sel), x_range, y_range)
+            top = False if sel is None else self._raster(key, c, self.session.selected_rows(), x_range, y_range)
         with self._cache_lock:
             self._cache[key] = {"ckey": ckey, "version": version, "base": base, "top": top}
         return base, (None if top is False else top), c, ckey
