@@ -596,17 +596,26 @@ class AppData:
     def has_embedding(self, name: str) -> np.ndarray:
         """Rows whose embedding in this modality exists (NaN rows mark a missing light curve or spectrum).
 
-        Read from the ids the FAISS index holds (a few MB), not by scanning the embedding file (GBs)."""
+        Read from the star table's ``embedded_<name>`` column that precompute writes (10 MB at 10^7 stars), else
+        from the ids the FAISS index holds (reading them from an IVF file faults in most of it), else by scanning
+        the embedding file."""
         with self._lock:
             if name not in self._has_embedding:
                 ok = np.zeros(self.n, dtype=bool)
-                try:
-                    from desa_core.index import index_ids
-                    ok[index_ids(self.index(name))] = True
-                except Exception:  # no index for it: scan the first column of the embedding instead
-                    emb = self.embedding(name)
-                    for i in range(0, self.n, 262_144):
-                        ok[i:i + 262_144] = np.isfinite(np.asarray(emb[i:i + 262_144, 0]))
+                col = f"embedded_{name}"
+                n_defined = ((self.manifest.get("embeddings") or {}).get(name) or {}).get("n_defined")
+                if n_defined is not None and int(n_defined) == self.n:
+                    ok[:] = True                   # every star has it (the DESA embedding always)
+                elif col in self.stars and self.stars.kind(col) == "boolean":
+                    ok = np.asarray(self.stars.numeric(col)) == 1
+                else:
+                    try:
+                        from desa_core.index import index_ids
+                        ok[index_ids(self.index(name))] = True
+                    except Exception:  # no index for it: scan the first column of the embedding instead
+                        emb = self.embedding(name)
+                        for i in range(0, self.n, 262_144):
+                            ok[i:i + 262_144] = np.isfinite(np.asarray(emb[i:i + 262_144, 0]))
                 ok.setflags(write=False)
                 self._has_embedding[name] = ok
             return self._has_embedding[name]

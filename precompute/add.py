@@ -35,7 +35,7 @@ from desa_core.artifacts import (ADDED_COLUMN, MANIFEST, STARS, ArtifactError, A
                                  file_entry, index_file, save_npy, to_float32, write_manifest)
 from desa_core.columns import COLUMNS_DIR, write_star_columns
 from desa_core.data.store import SurveyStore, SurveyStoreError, sha256_file
-from precompute.stages import MAP_COLUMNS
+from precompute.stages import MAP_COLUMNS, embedded_column
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,9 @@ def add_stars(artifacts, survey, label: str | None = None, run=None, batch_size:
     for k, v in pred.items():
         table[k] = np.asarray(v, np.float32)
     table[ADDED_COLUMN] = label
+    for name in art.embedding_names:
+        if name != "desa" and embedded_column(name) in stars:
+            table[embedded_column(name)] = np.isfinite(emb[name]).all(axis=1)
     times["place_s"] = round(time.perf_counter() - t0, 2)
 
     # Write everything under temporary names, then swap: manifest out first, in last.

@@ -293,7 +293,13 @@ def _stages(out, survey, run, synthetic, seed, embedder, index_kind, index_optio
         if predict_fp is not None:
             with np.load(out / S.PREDICTIONS_FILE) as z:
                 predictions = {k: z[k] for k in z.files}
-        rels = S.write_star_table(out, catalog_batches, layouts, predictions)
+        embedded = {}
+        for name in names:
+            if name != "desa":   # the DESA embedding is defined for every star
+                ok = np.zeros(n, bool)
+                ok[S.defined_rows(np.load(out / embedding_file(name), mmap_mode="r"))] = True
+                embedded[name] = ok
+        rels = S.write_star_table(out, catalog_batches, layouts, predictions, embedded)
         book.record("stars", stars_fp, rels, time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ stage 5: manifest

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 STATE_DIR = "_state"
 WORK_DIR = "_work"
 # Bump a stage's version when its code changes what it writes: old outputs are then recomputed.
-STAGE_VERSIONS = {"embed": 1, "synthetic": 1, "index": 3, "maps": 4, "stars": 4, "predict": 1}
+STAGE_VERSIONS = {"embed": 1, "synthetic": 1, "index": 3, "maps": 4, "stars": 5, "predict": 1}
 PREDICTIONS_FILE = f"{WORK_DIR}/predictions.npz"
 FIRST_COLUMNS = ["star_id", "umap_x", "umap_y", "bp_rp", "abs_g", "teff", "log_lum"]
 # The UMAP layouts precompute writes: embedding -> the star-table columns of its coordinates.
@@ -320,11 +320,18 @@ def _ivf_add_rows(start: int, stop: int, emb_path: str, rows: np.ndarray, center
 
 
 # ------------------------------------------------------------------------------------------ stars table
+def embedded_column(name: str) -> str:
+    """The star-table column saying which stars have an embedding (and an index entry) in stream ``name``."""
+    return f"embedded_{name}"
+
+
 def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]], layouts: dict,
-                predictions: dict | None = None) -> str:
+                predictions: dict | None = None, embedded: dict | None = None) -> str:
     """ART/stars.parquet: catalogue batches (in row order) + the UMAP coordinates of each layout
     (``layouts``: embedding name -> (N, 2) array, NaN for stars without it) + the predicted properties
-    (``predictions``: column -> (N,) array), float32 where possible."""
+    (``predictions``: column -> (N,) array) + ``embedded_<name>`` (``embedded``: stream -> (N,) bool: the star
+    has that embedding, so the dashboard need not scan an index or an embedding file to know), float32 where
+    possible."""
     w = ParquetChunkWriter(out / "stars.parquet")
     try:
         r = 0
@@ -337,6 +344,8 @@ def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]]
                 batch[cy] = xy[r:r + m, 1]
             for col, values in (predictions or {}).items():
                 batch[col] = values[r:r + m]
+            for name, ok in (embedded or {}).items():
+                batch[embedded_column(name)] = np.asarray(ok[r:r + m], bool)
             batch["star_id"] = batch["star_id"].astype(str)
             for c in ("bp_rp", "abs_g", "teff", "log_lum"):
                 if c not in batch:
@@ -354,11 +363,12 @@ def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]]
     return "stars.parquet"
 
 
-def write_star_table(out: Path, catalog_batches, layouts: dict, predictions: dict | None = None) -> list[str]:
+def write_star_table(out: Path, catalog_batches, layouts: dict, predictions: dict | None = None,
+                     embedded: dict | None = None) -> list[str]:
     """stars.parquet (:func:`write_stars`) and its memory-mapped column store (desa_core.columns), which is
     what the dashboard opens."""
     from desa_core.columns import write_star_columns
-    rel = write_stars(out, catalog_batches, layouts, predictions)
+    rel = write_stars(out, catalog_batches, layouts, predictions, embedded)
     return [rel] + write_star_columns(out, rel)
 
 

@@ -120,3 +120,17 @@ def test_the_trained_demo_set_has_a_column_store_matching_its_parquet(trained_de
             want = df[c].astype(object).where(df[c].notna(), None).to_numpy()
             assert list(got) == [None if v is None else str(v) for v in want], c
     np.testing.assert_array_equal(t.rows_of(df["star_id"].astype(str)), np.arange(len(df)))
+
+
+def test_the_star_table_says_which_stars_have_each_embedding(trained_demo):
+    """`embedded_<stream>` (written by precompute) is what the dashboard reads instead of scanning an index."""
+    from app.state import AppData
+    from desa_core.artifacts import ArtifactSet
+    art = ArtifactSet.open(trained_demo.art)
+    data = AppData(art)
+    for name in ("light_curve", "spectrum"):
+        want = np.isfinite(np.asarray(art.embedding(name))).all(axis=1)
+        assert not want.all()                      # the fixture has stars without this modality
+        np.testing.assert_array_equal(art.stars[f"embedded_{name}"].to_numpy(bool), want)
+        np.testing.assert_array_equal(data.has_embedding(name), want)
+    assert data.has_embedding("desa").all()
