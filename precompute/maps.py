@@ -219,6 +219,10 @@ def _umap_layout(embedding, defined: np.ndarray, cfg: UmapConfig, seed: int, pro
                    "pca_components": fit["pca_components"], "pca_mean": fit["pca_mean"],
                    "k": np.int64(cfg.knn), "token": np.int64(hash((n, len(fit_rows), seed, float(center.sum()))))}
         payload = {k: v for k, v in payload.items() if v is not None}
+        # The neighbour index over the fitted stars is built once, here (with every core), and travels to the
+        # workers serialised: each Dask worker building its own HNSW on one thread cost ~15 s per layout.
+        import faiss
+        payload["index_bytes"] = faiss.serialize_index(KnnPlacer(fit_x, coords_fit, cfg.knn).index)
         runner = runner or ChunkRunner(None, progress=progress, desc="UMAP placement (knn)")
         is_fit = np.zeros(n, bool)
         is_fit[fit_rows] = True
@@ -251,7 +255,8 @@ def place_rows_from(emb, start: int, stop: int, payload: dict, cache: dict) -> n
     placer = cache.get(token)
     if placer is None:
         cache.clear()
-        placer = cache[token] = KnnPlacer(payload["fit_x"], payload["fit_xy"], int(payload["k"]))
+        placer = cache[token] = KnnPlacer(payload["fit_x"], payload["fit_xy"], int(payload["k"]),
+                                          index_bytes=payload.get("index_bytes"))
     x = np.asarray(emb[start:stop], dtype=np.float32)
     ok = np.isfinite(x).all(axis=1)
     out = np.full((stop - start, 2), np.nan, np.float32)
@@ -296,11 +301,14 @@ class KnnPlacer:
     their ``k`` nearest fitted points by cosine distance (FAISS HNSW over the fitted points; exact search when
     there are few)."""
 
-    def __init__(self, fit_x: np.ndarray, fit_xy: np.ndarray, k: int = 10):
+    def __init__(self, fit_x: np.ndarray, fit_xy: np.ndarray, k: int = 10, index_bytes: np.ndarray | None = None):
         import faiss
-        x = _unit(fit_x)
         self.xy = np.asarray(fit_xy, dtype=np.float64)
-        self.k = int(min(k, len(x)))
+        self.k = int(min(k, len(self.xy)))
+        if index_bytes is not None:   # built by another process over the same fitted stars
+            self.index = faiss.deserialize_index(np.asarray(index_bytes, dtype=np.uint8))
+            return
+        x = _unit(fit_x)
         if len(x) > 20_000:
             self.index = faiss.IndexHNSWFlat(x.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
             self.index.hnsw.efConstruction = 80
