@@ -343,8 +343,10 @@ def _warm(data: AppData):
     ex.maps.render("umap")
     for col in ex.crossfilter.columns.value:  # the cross-filter's bins
         data.histogram_bins(col)
-    for key in ex.maps.shown_keys():  # the hover's star grids
-        data._map_grid(key)
+    # The hover's star grids (~1 s each at 10^7 stars) are built in the background: the page does not wait for
+    # them, and a hover arriving first waits only for its own map's grid.
+    keys = list(ex.maps.shown_keys())
+    threading.Thread(target=lambda: [data._map_grid(k) for k in keys], name="desa-grid-warm", daemon=True).start()
     log.info("renderers warmed in %.1f s", time.perf_counter() - t0)
 
 

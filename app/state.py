@@ -269,6 +269,7 @@ class AppData:
         self._lock = threading.RLock()
         self._sky = None
         self._trees: dict = {}
+        self._grid_lock = threading.Lock()
         self._rasters: "OrderedDict[tuple, Any]" = OrderedDict()   # all-stars map layers shared by sessions
         self._contours: dict = {}
         self._bins: dict = {}
@@ -374,11 +375,15 @@ class AppData:
     # --- map geometry (hover, click, contours) --------------------------------------------------------
     def _map_grid(self, key: str) -> "MapGrid":
         """The star grid of one map (hover and click find stars through it), built once per process."""
-        with self._lock:
+        hit = self._trees.get(key)
+        if hit is not None:
+            return hit
+        m = self.maps[key]
+        x, y, ranges = self.column(m.x), self.column(m.y), self.default_range(key)
+        with self._grid_lock:   # not the lock searches and column reads take: a build lasts ~1 s at 10^7 stars
             hit = self._trees.get(key)
             if hit is None:
-                m = self.maps[key]
-                hit = self._trees[key] = MapGrid(self.column(m.x), self.column(m.y), *self.default_range(key))
+                hit = self._trees[key] = MapGrid(x, y, *ranges)
             return hit
 
     def shared_raster(self, key: tuple, compute):

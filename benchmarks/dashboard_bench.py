@@ -272,7 +272,7 @@ def main(argv=None) -> int:
     # While it runs, a search competes with it for the two cores (see docs/dashboard.md).
     t_w = time.perf_counter()
     for th in threading.enumerate():
-        if th.name == "desa-index-warm":
+        if th.name in ("desa-index-warm", "desa-grid-warm"):
             th.join()
     out["index_warm_wait_s"] = round(time.perf_counter() - t_w, 2)
     gc.collect()

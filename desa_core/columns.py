@@ -15,7 +15,8 @@ view touches it, and several server processes share one copy in the page cache.
                               found by binary search over the memory map (no 10^7-entry hash table in memory)
 
 :func:`column_arrays` is the one conversion from a pandas column to the stored array; :meth:`StarTable.from_frame`
-uses it in memory (a set written before the column store existed), :func:`write_star_columns` on disk.
+uses it in memory (a set written before the column store existed), ``precompute.stages.write_star_columns`` on
+disk (precompute writes the store; this module only reads it).
 """
 from __future__ import annotations
 
@@ -64,60 +65,14 @@ def column_arrays(s: pd.Series) -> dict:
     return {"kind": "text", "array": encoded}
 
 
-def _id_arrays(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def id_arrays(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sorted ids, row of each sorted id) for binary-search lookup."""
     order = np.argsort(ids, kind="stable")
     dtype = np.int32 if len(ids) < 2**31 else np.int64
     return ids[order], order.astype(dtype)
 
 
-def write_star_columns(art_path: str | os.PathLike, parquet_rel: str = "stars.parquet") -> list[str]:
-    """Write ``ART/columns/`` from the star table ``parquet_rel``, one column in memory at a time; returns the
-    written files relative to ``art_path`` (schema.json last: a store without it is unfinished)."""
-    import pyarrow.parquet as pq
-
-    from desa_core.artifacts import atomic_write_json, save_npy
-    art = Path(art_path)
-    folder = art / COLUMNS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "schema.json").unlink(missing_ok=True)
-    pf = pq.ParquetFile(art / parquet_rel)
-    names = list(pf.schema_arrow.names)
-    if ID_COLUMN not in names:
-        raise ColumnStoreError(f"{art / parquet_rel}: no {ID_COLUMN} column")
-    n = pf.metadata.num_rows
-    entries, rels = [], []
-    for i, name in enumerate(names):
-        s = pf.read(columns=[name]).column(0).to_pandas()
-        conv = column_arrays(s)
-        del s
-        if name == ID_COLUMN and conv["kind"] != "text":   # a handful of stars: still looked up as text
-            conv = {"kind": "text", "array": np.char.encode(
-                np.asarray(_decode(conv), dtype=str), "utf-8")}
-        rel = f"{COLUMNS_DIR}/c{i:04d}.npy"
-        save_npy(art / rel, conv["array"])
-        entry = {"name": name, "file": Path(rel).name, "kind": conv["kind"], "dtype": conv["array"].dtype.str}
-        if "categories" in conv:
-            entry["categories"] = conv["categories"]
-        entries.append(entry)
-        rels.append(rel)
-        if name == ID_COLUMN:
-            srt, order = _id_arrays(conv["array"])
-            for fname, arr in (("star_id_sorted.npy", srt), ("star_id_order.npy", order)):
-                save_npy(folder / fname, arr)
-                rels.append(f"{COLUMNS_DIR}/{fname}")
-        del conv
-    atomic_write_json(art / SCHEMA, {"n": int(n), "columns": entries, "id_column": ID_COLUMN,
-                                     "id_sorted": "star_id_sorted.npy", "id_order": "star_id_order.npy"})
-    # columns of an earlier build that this one no longer has
-    keep = {Path(r).name for r in rels} | {"schema.json"}
-    for p in folder.glob("*.npy"):
-        if p.name not in keep:
-            p.unlink()
-    return rels + [SCHEMA]
-
-
-def _decode(conv: dict, rows=None) -> np.ndarray:
+def decode(conv: dict, rows=None) -> np.ndarray:
     """Object array of python values (str / float / bool; None for a missing category or text)."""
     arr = conv["array"] if rows is None else conv["array"][rows]
     kind = conv["kind"]
@@ -185,7 +140,7 @@ class StarTable:
         for name in df.columns:
             conv = column_arrays(df[name])
             if name == ID_COLUMN and conv["kind"] != "text":
-                conv = {"kind": "text", "array": np.char.encode(np.asarray(_decode(conv), dtype=str), "utf-8")}
+                conv = {"kind": "text", "array": np.char.encode(np.asarray(decode(conv), dtype=str), "utf-8")}
             convs[name] = conv
             entries.append({"name": name, "file": None, "kind": conv["kind"], "dtype": conv["array"].dtype.str,
                             **({"categories": conv["categories"]} if "categories" in conv else {})})
@@ -249,7 +204,7 @@ class StarTable:
         default: avoid that for text columns of a large table)."""
         e = self._entry(name)
         idx = None if rows is None else np.asarray(rows, dtype=np.int64)
-        values = _decode({"kind": e["kind"], "array": self.stored(name),
+        values = decode({"kind": e["kind"], "array": self.stored(name),
                           "categories": e.get("categories", [])}, idx)
         return pd.Series(values, name=name)
 
@@ -293,7 +248,7 @@ class StarTable:
     def rows_of(self, ids) -> np.ndarray:
         """Row of each star id (-1 for an unknown one): a binary search over the sorted ids."""
         if self._sorted is None:
-            self._sorted = self._ids_lookup() if self._ids_lookup else _id_arrays(np.asarray(self.stored(ID_COLUMN)))
+            self._sorted = self._ids_lookup() if self._ids_lookup else id_arrays(np.asarray(self.stored(ID_COLUMN)))
         srt, order = self._sorted
         width = srt.dtype.itemsize
         keys = [str(s).encode("utf-8") for s in ids]

@@ -30,12 +30,15 @@ from desa_core.artifacts import (EMBEDDING_NAMES, KIND_SURVEY, KIND_SYNTHETIC, M
 from desa_core.data.store import SurveyStoreError, sha256_file
 from precompute import stages as S
 from precompute.chunks import ChunkRunner
-from precompute.maps import UmapConfig, fit_layouts, umap_layout
+from precompute.maps import UmapConfig, fit_layouts, fit_size, umap_layout
 
 log = logging.getLogger(__name__)
 
 
 LOCK = ".precompute.lock"
+# Layouts are fitted in separate worker processes only from this many stars per fit: a process starts in ~10 s
+# (imports, numba), which a 5·10^4-star fit (25-65 s) repays and a small one does not.
+SIDE_BY_SIDE_MIN_FIT = 20_000
 
 
 class PrecomputeError(ValueError):
@@ -262,8 +265,10 @@ def _stages(out, survey, run, synthetic, seed, embedder, index_kind, index_optio
         rels, infos = [], {}
         layout_names = [k for k in S.MAP_COLUMNS if k in names]
         fits = {}
-        if umap_cfg.placement == "knn" and len(layout_names) > 1 and n >= umap_cfg.fit_min:
-            # each seeded fit runs on one core: fit the layouts side by side, then place the stars
+        # each seeded fit runs on one core: fit the layouts side by side (on the Dask workers, or in worker
+        # processes when the fits are large enough to pay for starting them), then place the stars
+        big = fit_size(n, umap_cfg) >= SIDE_BY_SIDE_MIN_FIT
+        if umap_cfg.placement == "knn" and len(layout_names) > 1 and n >= umap_cfg.fit_min and (dask.wanted or big):
             fits = fit_layouts({k: out / embedding_file(k) for k in layout_names}, umap_cfg, seed=seed,
                                client=dask._pool.client() if dask.wanted else None)
         for name in layout_names:

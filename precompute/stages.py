@@ -363,11 +363,58 @@ def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]]
     return "stars.parquet"
 
 
+def write_star_columns(art_path, parquet_rel: str = "stars.parquet") -> list[str]:
+    """Write ``ART/columns/`` from the star table ``parquet_rel``, one column in memory at a time; returns the
+    written files relative to ``art_path`` (schema.json last: a store without it is unfinished)."""
+    import pyarrow.parquet as pq
+
+    from desa_core.artifacts import save_npy
+    from desa_core.columns import COLUMNS_DIR, ID_COLUMN, SCHEMA, ColumnStoreError, column_arrays, decode, id_arrays
+    from desa_core.data.store import atomic_write_json
+    art = Path(art_path)
+    folder = art / COLUMNS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "schema.json").unlink(missing_ok=True)
+    pf = pq.ParquetFile(art / parquet_rel)
+    names = list(pf.schema_arrow.names)
+    if ID_COLUMN not in names:
+        raise ColumnStoreError(f"{art / parquet_rel}: no {ID_COLUMN} column")
+    n = pf.metadata.num_rows
+    entries, rels = [], []
+    for i, name in enumerate(names):
+        s = pf.read(columns=[name]).column(0).to_pandas()
+        conv = column_arrays(s)
+        del s
+        if name == ID_COLUMN and conv["kind"] != "text":   # a handful of stars: still looked up as text
+            conv = {"kind": "text", "array": np.char.encode(
+                np.asarray(decode(conv), dtype=str), "utf-8")}
+        rel = f"{COLUMNS_DIR}/c{i:04d}.npy"
+        save_npy(art / rel, conv["array"])
+        entry = {"name": name, "file": Path(rel).name, "kind": conv["kind"], "dtype": conv["array"].dtype.str}
+        if "categories" in conv:
+            entry["categories"] = conv["categories"]
+        entries.append(entry)
+        rels.append(rel)
+        if name == ID_COLUMN:
+            srt, order = id_arrays(conv["array"])
+            for fname, arr in (("star_id_sorted.npy", srt), ("star_id_order.npy", order)):
+                save_npy(folder / fname, arr)
+                rels.append(f"{COLUMNS_DIR}/{fname}")
+        del conv
+    atomic_write_json(art / SCHEMA, {"n": int(n), "columns": entries, "id_column": ID_COLUMN,
+                                     "id_sorted": "star_id_sorted.npy", "id_order": "star_id_order.npy"})
+    # columns of an earlier build that this one no longer has
+    keep = {Path(r).name for r in rels} | {"schema.json"}
+    for p in folder.glob("*.npy"):
+        if p.name not in keep:
+            p.unlink()
+    return rels + [SCHEMA]
+
+
 def write_star_table(out: Path, catalog_batches, layouts: dict, predictions: dict | None = None,
                      embedded: dict | None = None) -> list[str]:
     """stars.parquet (:func:`write_stars`) and its memory-mapped column store (desa_core.columns), which is
     what the dashboard opens."""
-    from desa_core.columns import write_star_columns
     rel = write_stars(out, catalog_batches, layouts, predictions, embedded)
     return [rel] + write_star_columns(out, rel)
 

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from desa_core.artifacts import ParquetChunkWriter
-from desa_core.columns import MAX_CATEGORIES, SCHEMA, ColumnStoreError, StarTable, column_arrays, write_star_columns
+from desa_core.columns import MAX_CATEGORIES, SCHEMA, ColumnStoreError, StarTable, column_arrays
+from precompute.stages import write_star_columns
 
 
 def _frame(n=200, seed=0):
