@@ -17,7 +17,7 @@ tree of numpy operations. Nothing is handed to ``eval``, pandas or Python arithm
   codes, so every pass is a numpy loop that releases the interpreter lock (the server keeps answering
   other visitors while it runs), and evaluation stops with a message after ``MAX_SECONDS``.
 
-    >>> schema = Schema.from_frame(stars)
+    >>> schema = app_data.schema          # AppData: the star table's numeric, boolean and categorical columns
     >>> expr = compile_expression("teff > 6000 and binary_class in ['single', 'wide']", schema)
     >>> mask = expr.evaluate(columns)        # columns: name -> numpy array (codes for categoricals)
 """
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 
 MAX_LENGTH = 1000
 MAX_NODES = 200
@@ -54,23 +53,6 @@ class Schema:
     numeric: set = field(default_factory=set)
     boolean: set = field(default_factory=set)
     categories: dict = field(default_factory=dict)  # column -> list of category strings (code = position)
-
-    @classmethod
-    def from_frame(cls, df: pd.DataFrame, max_categories: int = 32, skip=()) -> "Schema":
-        s = cls()
-        for c in df.columns:
-            if c in skip:
-                continue
-            col = df[c]
-            if pd.api.types.is_bool_dtype(col):
-                s.boolean.add(c)
-            elif pd.api.types.is_numeric_dtype(col):
-                s.numeric.add(c)
-            else:
-                values = col.dropna().astype(str).unique()
-                if len(values) <= max_categories:
-                    s.categories[c] = sorted(values)
-        return s
 
     def kind(self, name: str) -> str | None:
         if name in self.numeric:

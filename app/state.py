@@ -268,7 +268,7 @@ class AppData:
         self._indexes: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._sky = None
-        self._trees: dict = {}
+        self._grids: dict = {}
         self._grid_lock = threading.Lock()
         self._rasters: "OrderedDict[tuple, Any]" = OrderedDict()   # all-stars map layers shared by sessions
         self._contours: dict = {}
@@ -375,15 +375,15 @@ class AppData:
     # --- map geometry (hover, click, contours) --------------------------------------------------------
     def _map_grid(self, key: str) -> "MapGrid":
         """The star grid of one map (hover and click find stars through it), built once per process."""
-        hit = self._trees.get(key)
+        hit = self._grids.get(key)
         if hit is not None:
             return hit
         m = self.maps[key]
         x, y, ranges = self.column(m.x), self.column(m.y), self.default_range(key)
         with self._grid_lock:   # not the lock searches and column reads take: a build lasts ~1 s at 10^7 stars
-            hit = self._trees.get(key)
+            hit = self._grids.get(key)
             if hit is None:
-                hit = self._trees[key] = MapGrid(x, y, *ranges)
+                hit = self._grids[key] = MapGrid(x, y, *ranges)
             return hit
 
     def shared_raster(self, key: tuple, compute):

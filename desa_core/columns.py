@@ -38,8 +38,12 @@ class ColumnStoreError(ValueError):
     """A column store that is missing or damaged; the message names the file."""
 
 
-def column_arrays(s: pd.Series) -> dict:
-    """The stored form of one pandas column: {"kind", "array", "categories" (categorical only)}."""
+def column_arrays(s: pd.Series, name: str | None = None) -> dict:
+    """The stored form of one pandas column: {"kind", "array", "categories" (categorical only)}. The id column
+    (``name == ID_COLUMN``) is always text, however few stars there are: star ids are looked up as text."""
+    if name == ID_COLUMN:
+        text = s.astype(object).where(s.notna(), "").astype(str).to_numpy().astype(str)
+        return {"kind": "text", "array": np.char.encode(text, "utf-8")}
     if pd.api.types.is_bool_dtype(s):
         if s.isna().any():
             return {"kind": "boolean", "array": s.astype("float32").to_numpy(np.float32, na_value=np.nan)}
@@ -138,9 +142,7 @@ class StarTable:
         df = df.reset_index(drop=True)
         convs, entries = {}, []
         for name in df.columns:
-            conv = column_arrays(df[name])
-            if name == ID_COLUMN and conv["kind"] != "text":
-                conv = {"kind": "text", "array": np.char.encode(np.asarray(decode(conv), dtype=str), "utf-8")}
+            conv = column_arrays(df[name], name)
             convs[name] = conv
             entries.append({"name": name, "file": None, "kind": conv["kind"], "dtype": conv["array"].dtype.str,
                             **({"categories": conv["categories"]} if "categories" in conv else {})})

@@ -118,9 +118,13 @@ class _Dask:
         return (f"on Dask ({self.scheduler or f'{self.workers} local workers'})" if self.wanted
                 else "in process")
 
+    def client(self):
+        """The Dask client when the run uses Dask, else None."""
+        return self._pool.client() if self.wanted else None
+
     def runner(self, out: Path, name: str, desc: str, progress: bool) -> ChunkRunner:
         """A resumable chunk runner for one stage: its finished chunks are kept in ART/_work/chunks/NAME."""
-        return ChunkRunner(out / S.WORK_DIR / "chunks" / name, client=self._pool.client() if self.wanted else None,
+        return ChunkRunner(out / S.WORK_DIR / "chunks" / name, client=self.client(),
                            progress=progress, desc=desc)
 
     def close(self):
@@ -270,7 +274,7 @@ def _stages(out, survey, run, synthetic, seed, embedder, index_kind, index_optio
         big = fit_size(n, umap_cfg) >= SIDE_BY_SIDE_MIN_FIT
         if umap_cfg.placement == "knn" and len(layout_names) > 1 and n >= umap_cfg.fit_min and (dask.wanted or big):
             fits = fit_layouts({k: out / embedding_file(k) for k in layout_names}, umap_cfg, seed=seed,
-                               client=dask._pool.client() if dask.wanted else None)
+                               client=dask.client())
         for name in layout_names:
             path = out / embedding_file(name)
             emb = np.load(path, mmap_mode="r")

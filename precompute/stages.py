@@ -369,7 +369,7 @@ def write_star_columns(art_path, parquet_rel: str = "stars.parquet") -> list[str
     import pyarrow.parquet as pq
 
     from desa_core.artifacts import save_npy
-    from desa_core.columns import COLUMNS_DIR, ID_COLUMN, SCHEMA, ColumnStoreError, column_arrays, decode, id_arrays
+    from desa_core.columns import COLUMNS_DIR, ID_COLUMN, SCHEMA, ColumnStoreError, column_arrays, id_arrays
     from desa_core.data.store import atomic_write_json
     art = Path(art_path)
     folder = art / COLUMNS_DIR
@@ -383,11 +383,8 @@ def write_star_columns(art_path, parquet_rel: str = "stars.parquet") -> list[str
     entries, rels = [], []
     for i, name in enumerate(names):
         s = pf.read(columns=[name]).column(0).to_pandas()
-        conv = column_arrays(s)
+        conv = column_arrays(s, name)
         del s
-        if name == ID_COLUMN and conv["kind"] != "text":   # a handful of stars: still looked up as text
-            conv = {"kind": "text", "array": np.char.encode(
-                np.asarray(decode(conv), dtype=str), "utf-8")}
         rel = f"{COLUMNS_DIR}/c{i:04d}.npy"
         save_npy(art / rel, conv["array"])
         entry = {"name": name, "file": Path(rel).name, "kind": conv["kind"], "dtype": conv["array"].dtype.str}
