@@ -315,6 +315,7 @@ def serve(artifacts, port: int = 5006, address: str = "127.0.0.1", num_threads: 
         pn.config.nthreads = int(num_threads)
     data = load_app_data(artifacts)
     _warm(data)
+    settle_heap()
     url_host = address if address not in ("0.0.0.0", "", "::") else "localhost"
     if address not in LOCAL_ADDRESSES and not login:
         log.warning("serving on %s without a login: anyone who can reach port %d can use the page "
@@ -324,6 +325,20 @@ def serve(artifacts, port: int = 5006, address: str = "127.0.0.1", num_threads: 
     return pn.serve({"/": lambda: create_app(artifacts)}, port=port, address=address, show=show,
                     title="DESA Explorer", liveness=True, admin=admin,
                     websocket_origin=origins, websocket_max_message_size=WEBSOCKET_MAX_MESSAGE_BYTES, **auth)
+
+
+def settle_heap() -> int:
+    """Move what is alive now (modules, the artifact set, the warmed renderers) out of the garbage collector's
+    reach (:func:`gc.freeze`). Panel runs a full ``gc.collect()`` on the server's event loop whenever a page
+    closes; over the ~6x10^5 objects a loaded server holds that took 0.3 s on an idle 2-core machine and over
+    1 s on a busy one, during which no other visitor got an answer. Objects made afterwards (the sessions)
+    are still collected. Returns the number of objects frozen."""
+    import gc
+    gc.collect()
+    gc.freeze()
+    n = gc.get_freeze_count()
+    log.info("%d long-lived objects kept out of the garbage collector's full passes", n)
+    return n
 
 
 def _warm(data: AppData):

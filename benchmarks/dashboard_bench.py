@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     import panel as pn
     hv.extension("bokeh", logo=False)
     pn.extension("tabulator")
-    from app.main import _warm
+    from app.main import _warm, settle_heap
     from app.state import load_app_data
 
     out: dict = {"artifacts": str(Path(a.artifacts).resolve()), "machine": {
@@ -275,7 +275,16 @@ def main(argv=None) -> int:
         if th.name in ("desa-index-warm", "desa-grid-warm"):
             th.join()
     out["index_warm_wait_s"] = round(time.perf_counter() - t_w, 2)
+    # Panel runs a full collection on the event loop whenever a page closes; the server freezes the long-lived
+    # heap first (app.main.settle_heap). The pause a closing page costs every other visitor, before and after:
+    t_gc = time.perf_counter()
     gc.collect()
+    pause_before = time.perf_counter() - t_gc
+    frozen = settle_heap()
+    t_gc = time.perf_counter()
+    gc.collect()
+    out["full_gc_pause_s"] = {"before_settle": round(pause_before, 3),
+                              "after_settle": round(time.perf_counter() - t_gc, 4), "objects_frozen": frozen}
     rss_data = _rss_mb()
 
     uss_data = _uss_mb()
