@@ -6,6 +6,8 @@ benchmark set of N stars; and, given a trained run, the embedding throughput of 
     .venv/bin/python benchmarks/precompute_bench.py --n 1000000 --workers 2        # the chunked stages on Dask
     .venv/bin/python benchmarks/precompute_bench.py --embed-only --survey data/survey --run runs/small --threads 2
     .venv/bin/python benchmarks/precompute_bench.py --embed-only --survey data/survey --config small  # no run yet
+    .venv/bin/python benchmarks/precompute_bench.py --embed-only --survey data/dev_survey_seed7 --run runs/small \
+        --embed-stars 10000 --threads 1 --no-before --embed-workers 2     # new stars: one process vs 2 Dask workers
 
 The pipeline runs in a child process (``python -m precompute``-equivalent) so its peak RSS is measured alone.
 Embedding throughput: ``Embedder.embed_store`` on the first ``--embed-stars`` stars of the survey after one
@@ -225,6 +227,41 @@ def bench_embedding(survey: str, run: str | None, n_stars: int, threads: int, ba
     return out
 
 
+def bench_embedding_dask(survey: str, run: str, workers: int, batch_size: int, chunk_rows: int = 2048) -> dict:
+    """New stars (every star of ``survey``; no saved features) through the Dask embed task of `desa precompute
+    --workers N`: on our LocalCluster, and on one started with Dask's default worker environment
+    (MALLOC_TRIM_THRESHOLD_=65536), in the same run. The model is loaded on every worker before the clock starts;
+    ``stage_*`` also counts the cluster's start and those loads, as `desa precompute` pays them."""
+    from distributed import Client, LocalCluster
+    from desa_core.data.store import SurveyStore
+    from precompute.chunks import ChunkRunner, row_ranges
+    from precompute.stages import _embed_rows_on_worker
+    n = len(SurveyStore.open(survey))
+    args = (str(survey), str(run), batch_size, 1)
+    out = {"survey": survey, "run": run, "stars": n, "workers": workers, "threads_per_worker": 1,
+           "chunk_rows": chunk_rows, "batch_size": batch_size, "load_before": [round(x, 2) for x in os.getloadavg()]}
+
+    def timed(runner, label):
+        t0 = time.perf_counter()
+        client = runner.client()
+        client.run(_embed_rows_on_worker, 0, 64, *args)          # store and model opened on every worker
+        t1 = time.perf_counter()
+        for _ in runner.run(_embed_rows_on_worker, row_ranges(n, chunk_rows), args=args):
+            pass
+        t2 = time.perf_counter()
+        out[f"{label}_stars_per_s"] = round(n / (t2 - t1), 1)
+        out[f"{label}_stage_stars_per_s"] = round(n / (t2 - t0), 1)
+        out[f"{label}_startup_s"] = round(t1 - t0, 2)
+
+    with ChunkRunner(None, workers=workers, progress=False) as r:
+        timed(r, "dask")
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+            Client(cl) as c:
+        timed(ChunkRunner(None, client=c, progress=False), "dask_default_worker_env")
+    out["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=100_000)
@@ -239,6 +276,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--embed-only", action="store_true")
+    p.add_argument("--embed-workers", type=int, default=0,
+                   help="with --survey and --run: also every star of the survey through N Dask workers")
     p.add_argument("--no-before", action="store_true",
                    help="skip timing the per-star code from before the batch preprocessing")
     p.add_argument("--config", default="small", help="with --survey but no --run: time this config untrained")
@@ -256,6 +295,8 @@ def main(argv=None) -> int:
     if a.survey:
         doc["embedding"] = bench_embedding(a.survey, a.run, a.embed_stars, a.threads, a.batch_size, a.config,
                                            legacy=not a.no_before)
+        if a.embed_workers and a.run:
+            doc["embedding_dask"] = bench_embedding_dask(a.survey, a.run, a.embed_workers, a.batch_size)
     name = "embedding" if a.embed_only else f"precompute_{a.n}_{a.dims}" + (f"_w{a.workers}" if a.workers else "")
     out = Path(a.out or Path(__file__).parent / "results" / f"{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
