@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     import panel as pn
     hv.extension("bokeh", logo=False)
     pn.extension("tabulator")
-    from app.main import _warm, settle_heap
+    from app.main import BACKGROUND_WARM, _warm, settle_heap
     from app.state import load_app_data
 
     out: dict = {"artifacts": str(Path(a.artifacts).resolve()), "machine": {
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
     # While it runs, a search competes with it for the two cores (see docs/dashboard.md).
     t_w = time.perf_counter()
     for th in threading.enumerate():
-        if th.name in ("desa-index-warm", "desa-grid-warm"):
+        if th.name in ("desa-index-warm", BACKGROUND_WARM):
             th.join()
     out["index_warm_wait_s"] = round(time.perf_counter() - t_w, 2)
     # Panel runs a full collection on the event loop whenever a page closes; the server freezes the long-lived

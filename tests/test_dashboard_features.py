@@ -17,6 +17,25 @@ def ex(trained_demo):
     return Explorer(trained_demo.art)
 
 
+def test_the_warm_up_leaves_the_grids_and_bins_to_a_thread_that_finishes_them(ex):
+    """`desa serve` answers once the kernels are compiled and the maps drawn; the hover grids and the
+    cross-filter's bins (seconds at 10^7 stars) follow in a background thread, and are then ready."""
+    import threading
+
+    from app.main import BACKGROUND_WARM, _warm
+    data = ex.data
+    data._grids.clear()
+    data._bins.clear()
+    _warm(data)
+    workers = [t for t in threading.enumerate() if t.name == BACKGROUND_WARM]
+    assert workers
+    for t in workers:
+        t.join(120)
+    assert set(ex.maps.shown_keys()) <= set(data._grids)
+    assert set(ex.crossfilter.columns.value) <= set(data._bins)
+    assert len(ex.maps.shown_keys()) == 3 and len(ex.crossfilter.columns.value) >= 1
+
+
 # --- categorical colouring -----------------------------------------------------------------------------
 
 def test_categorical_colouring_counts_every_class_with_its_fixed_colour(ex):
