@@ -308,7 +308,8 @@ def _stages(out, survey, run, synthetic, seed, embedder, index_kind, index_optio
                 ok = np.zeros(n, bool)
                 ok[S.defined_rows(np.load(out / embedding_file(name), mmap_mode="r"))] = True
                 embedded[name] = ok
-        rels = S.write_star_table(out, catalog_batches, layouts, predictions, embedded)
+        log.info("stage stars: the star table and its column store (columns %s)", dask.where)
+        rels = S.write_star_table(out, catalog_batches, layouts, predictions, embedded, client=dask.client())
         book.record("stars", stars_fp, rels, time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ stage 5: manifest

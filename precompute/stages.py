@@ -363,13 +363,42 @@ def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]]
     return "stars.parquet"
 
 
-def write_star_columns(art_path, parquet_rel: str = "stars.parquet") -> list[str]:
-    """Write ``ART/columns/`` from the star table ``parquet_rel``, one column in memory at a time; returns the
-    written files relative to ``art_path`` (schema.json last: a store without it is unfinished)."""
+def convert_star_column(art_path: str, parquet_rel: str, i: int) -> dict:
+    """Column ``i`` of the star table ``parquet_rel`` as ``ART/columns/cNNNN.npy`` (and, for the star id, the
+    sorted-id lookup files): one column in memory. A Dask task of the stars stage, or run here. Returns the
+    column's schema entry and the files written (relative to ``art_path``)."""
     import pyarrow.parquet as pq
 
     from desa_core.artifacts import save_npy
-    from desa_core.columns import COLUMNS_DIR, ID_COLUMN, SCHEMA, ColumnStoreError, column_arrays, id_arrays
+    from desa_core.columns import COLUMNS_DIR, ID_COLUMN, column_arrays, id_arrays
+    art = Path(art_path)
+    pf = pq.ParquetFile(art / parquet_rel)
+    name = pf.schema_arrow.names[i]
+    s = pf.read(columns=[name]).column(0).to_pandas()
+    conv = column_arrays(s, name)
+    del s
+    rel = f"{COLUMNS_DIR}/c{i:04d}.npy"
+    save_npy(art / rel, conv["array"])
+    entry = {"name": name, "file": Path(rel).name, "kind": conv["kind"], "dtype": conv["array"].dtype.str}
+    if "categories" in conv:
+        entry["categories"] = conv["categories"]
+    rels = [rel]
+    if name == ID_COLUMN:
+        srt, order = id_arrays(conv["array"])
+        for fname, arr in (("star_id_sorted.npy", srt), ("star_id_order.npy", order)):
+            save_npy(art / COLUMNS_DIR / fname, arr)
+            rels.append(f"{COLUMNS_DIR}/{fname}")
+    return {"entry": entry, "rels": rels}
+
+
+def write_star_columns(art_path, parquet_rel: str = "stars.parquet", client=None) -> list[str]:
+    """Write ``ART/columns/`` from the star table ``parquet_rel``, a column at a time (:func:`convert_star_column`:
+    here, or as one Dask task per column on ``client``, the workers reading and writing the artifact folder
+    themselves); returns the written files relative to ``art_path`` (schema.json last: a store without it is
+    unfinished)."""
+    import pyarrow.parquet as pq
+
+    from desa_core.columns import COLUMNS_DIR, ID_COLUMN, SCHEMA, ColumnStoreError
     from desa_core.data.store import atomic_write_json
     art = Path(art_path)
     folder = art / COLUMNS_DIR
@@ -380,24 +409,14 @@ def write_star_columns(art_path, parquet_rel: str = "stars.parquet") -> list[str
     if ID_COLUMN not in names:
         raise ColumnStoreError(f"{art / parquet_rel}: no {ID_COLUMN} column")
     n = pf.metadata.num_rows
-    entries, rels = [], []
-    for i, name in enumerate(names):
-        s = pf.read(columns=[name]).column(0).to_pandas()
-        conv = column_arrays(s, name)
-        del s
-        rel = f"{COLUMNS_DIR}/c{i:04d}.npy"
-        save_npy(art / rel, conv["array"])
-        entry = {"name": name, "file": Path(rel).name, "kind": conv["kind"], "dtype": conv["array"].dtype.str}
-        if "categories" in conv:
-            entry["categories"] = conv["categories"]
-        entries.append(entry)
-        rels.append(rel)
-        if name == ID_COLUMN:
-            srt, order = id_arrays(conv["array"])
-            for fname, arr in (("star_id_sorted.npy", srt), ("star_id_order.npy", order)):
-                save_npy(folder / fname, arr)
-                rels.append(f"{COLUMNS_DIR}/{fname}")
-        del conv
+    del pf
+    if client is None:
+        done = [convert_star_column(str(art), parquet_rel, i) for i in range(len(names))]
+    else:
+        futures = [client.submit(convert_star_column, str(art), parquet_rel, i, pure=False) for i in range(len(names))]
+        done = client.gather(futures)
+    entries = [d["entry"] for d in done]
+    rels = [r for d in done for r in d["rels"]]
     atomic_write_json(art / SCHEMA, {"n": int(n), "columns": entries, "id_column": ID_COLUMN,
                                      "id_sorted": "star_id_sorted.npy", "id_order": "star_id_order.npy"})
     # columns of an earlier build that this one no longer has
@@ -409,11 +428,11 @@ def write_star_columns(art_path, parquet_rel: str = "stars.parquet") -> list[str
 
 
 def write_star_table(out: Path, catalog_batches, layouts: dict, predictions: dict | None = None,
-                     embedded: dict | None = None) -> list[str]:
+                     embedded: dict | None = None, client=None) -> list[str]:
     """stars.parquet (:func:`write_stars`) and its memory-mapped column store (desa_core.columns), which is
-    what the dashboard opens."""
+    what the dashboard opens; the columns as Dask tasks when there is a ``client``."""
     rel = write_stars(out, catalog_batches, layouts, predictions, embedded)
-    return [rel] + write_star_columns(out, rel)
+    return [rel] + write_star_columns(out, rel, client=client)
 
 
 def map_file(name: str) -> str:

@@ -74,6 +74,14 @@ def test_two_dask_workers_give_the_in_process_result(tmp_path):
         sb, rb = b.search(name, q, 10)
         np.testing.assert_array_equal(ra, rb)
         np.testing.assert_allclose(sa, sb, atol=1e-6)
+    # the column store the dashboard opens, written by one Dask task per column: the in-process one, file by file
+    import json
+
+    from desa_core.columns import SCHEMA
+    sa, sb = (json.loads((p / SCHEMA).read_text()) for p in (a.path, b.path))
+    assert sa == sb and len(sa["columns"]) > 20
+    for f in [e["file"] for e in sa["columns"]] + [sa["id_sorted"], sa["id_order"]]:
+        np.testing.assert_array_equal(np.load(a.path / "columns" / f), np.load(b.path / "columns" / f))
     assert not (tmp_path / "dask" / "_work" / "chunks").exists() or \
         not list((tmp_path / "dask" / "_work" / "chunks").rglob("*.npz"))    # chunk files removed once committed
 
