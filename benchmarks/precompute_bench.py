@@ -227,7 +227,7 @@ def bench_embedding(survey: str, run: str | None, n_stars: int, threads: int, ba
     return out
 
 
-def bench_embedding_dask(survey: str, run: str, workers: int, batch_size: int, chunk_rows: int = 2048) -> dict:
+def bench_embedding_dask(survey: str, run: str, workers: int, batch_size: int, chunk_rows: int | None = None) -> dict:
     """New stars (every star of ``survey``; no saved features) through the Dask embed task of `desa precompute
     --workers N`: on our LocalCluster, and on one started with Dask's default worker environment
     (MALLOC_TRIM_THRESHOLD_=65536), in the same run. The model is loaded on every worker before the clock starts;
@@ -237,6 +237,9 @@ def bench_embedding_dask(survey: str, run: str, workers: int, batch_size: int, c
     from precompute.chunks import ChunkRunner, row_ranges
     from precompute.stages import _embed_rows_on_worker
     n = len(SurveyStore.open(survey))
+    # the pipeline's 2048-row chunks, or fewer rows so that every worker gets at least 4 chunks: with 5 chunks
+    # on 2 workers one worker would run the last chunk alone, which a 10^6-star run (489 chunks) never sees
+    chunk_rows = int(chunk_rows or min(2048, max(batch_size, -(-n // (4 * workers)))))
     args = (str(survey), str(run), batch_size, 1)
     out = {"survey": survey, "run": run, "stars": n, "workers": workers, "threads_per_worker": 1,
            "chunk_rows": chunk_rows, "batch_size": batch_size, "load_before": [round(x, 2) for x in os.getloadavg()]}
@@ -255,9 +258,12 @@ def bench_embedding_dask(survey: str, run: str, workers: int, batch_size: int, c
 
     with ChunkRunner(None, workers=workers, progress=False) as r:
         timed(r, "dask")
+    saved = os.environ.get("MALLOC_TRIM_THRESHOLD_")
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
             Client(cl) as c:
         timed(ChunkRunner(None, client=c, progress=False), "dask_default_worker_env")
+    if saved is None:   # the nanny leaves its variables in this process's environment
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     out["load_after"] = [round(x, 2) for x in os.getloadavg()]
     return out
 

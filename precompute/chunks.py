@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -61,8 +62,9 @@ class ChunkRunner:
                 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which hands every freed block
                 # above 64 KiB back to the kernel: the embedder then ran at 202 stars/s per worker instead of
                 # 532 (torch and numpy allocate and free large buffers every batch). Our workers keep glibc's
-                # own adaptive threshold.
-                with dask.config.set({f"{NANNY_ENV}.MALLOC_TRIM_THRESHOLD_": None}):
+                # own adaptive threshold. (The nanny also writes its variables into this process's own
+                # environment and leaves them there, where the next cluster's workers would inherit them.)
+                with _glibc_trim_for_workers(), dask.config.set({f"{NANNY_ENV}.MALLOC_TRIM_THRESHOLD_": None}):
                     self._cluster = LocalCluster(n_workers=max(1, self.workers), threads_per_worker=1,
                                                  processes=True, dashboard_address=None,
                                                  silence_logs=logging.WARNING)
@@ -185,11 +187,22 @@ class ChunkRunner:
 
 
 NANNY_ENV = "distributed.nanny.pre-spawn-environ"
+TRIM_VAR = "MALLOC_TRIM_THRESHOLD_"
 SLOW_TRIM_BYTES = 1 << 24   # a trim threshold below 16 MiB makes the workers return memory the next batch needs
 
 
+@contextmanager
+def _glibc_trim_for_workers():
+    saved = os.environ.pop(TRIM_VAR, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[TRIM_VAR] = saved
+
+
 def _worker_malloc_trim():
-    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    return os.environ.get(TRIM_VAR)
 
 
 def warn_malloc_trim(client) -> list[str]:

@@ -86,19 +86,26 @@ def test_two_dask_workers_give_the_in_process_result(tmp_path):
         not list((tmp_path / "dask" / "_work" / "chunks").rglob("*.npz"))    # chunk files removed once committed
 
 
-def test_local_workers_keep_glibcs_own_malloc_trim_threshold(caplog):
+def test_local_workers_keep_glibcs_own_malloc_trim_threshold(caplog, monkeypatch):
     """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, under which the embedder ran 2.6x slower;
-    our LocalCluster's workers run without it, and an existing cluster's workers that have it are named."""
+    our LocalCluster's workers run without it, even after a cluster started the Dask way has left the variable
+    in this process's environment, and an existing cluster's workers that have it are named."""
+    import os
+
     from distributed import Client, LocalCluster
 
-    from precompute.chunks import _worker_malloc_trim, warn_malloc_trim
-    with ChunkRunner(None, workers=2, progress=False) as r:
-        found = r.client().run(_worker_malloc_trim)
-        assert len(found) == 2 and set(found.values()) == {None}
-        assert warn_malloc_trim(r.client()) == []
+    from precompute.chunks import TRIM_VAR, _worker_malloc_trim, warn_malloc_trim
+    monkeypatch.setenv(TRIM_VAR, "0")   # recorded by monkeypatch, so put back as it was after the test,
+    monkeypatch.delenv(TRIM_VAR)        # whatever the nanny writes into os.environ below
     # a cluster started the Dask way (the nanny's default environment), as a user's --scheduler would be
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         with caplog.at_level("WARNING", logger="precompute.chunks"):
             slow = warn_malloc_trim(client)
-    assert len(slow) == 1 and "MALLOC_TRIM_THRESHOLD_" in caplog.text and slow[0] in caplog.text
+    assert len(slow) == 1 and TRIM_VAR in caplog.text and slow[0] in caplog.text
+    assert os.environ.get(TRIM_VAR) == "65536"       # what the nanny leaves behind in this process
+    with ChunkRunner(None, workers=2, progress=False) as r:
+        found = r.client().run(_worker_malloc_trim)
+        assert len(found) == 2 and set(found.values()) == {None}
+        assert warn_malloc_trim(r.client()) == []
+    assert os.environ.get(TRIM_VAR) == "65536"       # this process's own environment is left as it was
