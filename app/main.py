@@ -359,6 +359,7 @@ def _warm(data: AppData):
         ex.maps.render("umap")
     keys = list(ex.maps.shown_keys())
     bins = list(ex.crossfilter.columns.value)
+    t1 = time.perf_counter()
 
     def in_background():
         # What the page does not need to open (at 10^7 stars: the hover grids ~1 s each, the cross-filter's bins
@@ -375,7 +376,6 @@ def _warm(data: AppData):
             log.info("background warm-up done in %.1f s", time.perf_counter() - t1)
         except Exception:  # noqa: BLE001 -- a warm-up; the visitor's own request meets and reports the same
             log.warning("background warm-up failed", exc_info=True)
-    t1 = time.perf_counter()
     threading.Thread(target=in_background, name=BACKGROUND_WARM, daemon=True).start()
     log.info("renderers warmed in %.1f s", t1 - t0)
 

@@ -34,7 +34,7 @@ import param
 
 from app.expressions import ExpressionError, Schema, compile_expression
 from desa_core.artifacts import ADDED_COLUMN
-from desa_core.columns import StarTable
+from desa_core.columns import StarTable, embedded_column
 
 log = logging.getLogger(__name__)
 
@@ -616,7 +616,7 @@ class AppData:
         with self._lock:
             if name not in self._has_embedding:
                 ok = np.zeros(self.n, dtype=bool)
-                col = f"embedded_{name}"
+                col = embedded_column(name)
                 n_defined = ((self.manifest.get("embeddings") or {}).get(name) or {}).get("n_defined")
                 if n_defined is not None and int(n_defined) == self.n:
                     ok[:] = True                   # every star has it (the DESA embedding always)

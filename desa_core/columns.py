@@ -34,6 +34,12 @@ ID_COLUMN = "star_id"
 KINDS = ("numeric", "boolean", "categorical", "text")
 
 
+def embedded_column(name: str) -> str:
+    """The star-table column saying which stars have an embedding (and an index entry) in stream ``name``:
+    written by precompute, read by the dashboard instead of scanning an index or an embedding file."""
+    return f"embedded_{name}"
+
+
 class ColumnStoreError(ValueError):
     """A column store that is missing or damaged; the message names the file."""
 

@@ -33,9 +33,9 @@ import pandas as pd
 
 from desa_core.artifacts import (ADDED_COLUMN, MANIFEST, STARS, ArtifactError, ArtifactSet, ParquetChunkWriter, embedding_file,
                                  file_entry, index_file, save_npy, to_float32, write_manifest)
-from desa_core.columns import COLUMNS_DIR
+from desa_core.columns import COLUMNS_DIR, embedded_column
 from desa_core.data.store import SurveyStore, SurveyStoreError, sha256_file
-from precompute.stages import MAP_COLUMNS, embedded_column, write_star_columns
+from precompute.stages import MAP_COLUMNS, write_star_columns
 
 log = logging.getLogger(__name__)
 

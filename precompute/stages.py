@@ -21,6 +21,7 @@ import pandas as pd
 
 from desa_core.artifacts import (EMBEDDING_NAMES, NpyWriter, ParquetChunkWriter, embedding_file, file_entry,
                                  index_file, save_npy, to_float32)
+from desa_core.columns import embedded_column
 from desa_core.data.store import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -320,11 +321,6 @@ def _ivf_add_rows(start: int, stop: int, emb_path: str, rows: np.ndarray, center
 
 
 # ------------------------------------------------------------------------------------------ stars table
-def embedded_column(name: str) -> str:
-    """The star-table column saying which stars have an embedding (and an index entry) in stream ``name``."""
-    return f"embedded_{name}"
-
-
 def write_stars(out: Path, catalog_batches: Callable[[], Iterable[pd.DataFrame]], layouts: dict,
                 predictions: dict | None = None, embedded: dict | None = None) -> str:
     """ART/stars.parquet: catalogue batches (in row order) + the UMAP coordinates of each layout
