@@ -345,9 +345,10 @@ BACKGROUND_WARM = "desa-background-warm"   # the thread that finishes the warm-u
 
 
 def _warm(data: AppData):
-    """Compile the datashader kernels once so the first visitor does not wait for numba."""
+    """Compile the map kernels and draw every map once so the first visitor does not wait for numba; what the
+    page does not need to open continues in a background thread (:data:`BACKGROUND_WARM`)."""
     t0 = time.perf_counter()
-    from app.components.maps import warm_kernels
+    from app.components.maps import warm_kernels, warm_more_kernels
     warm_kernels()
     for name in data.embedding_names:  # opens the indexes and learns which stars have each modality
         data.has_embedding(name)
@@ -362,10 +363,12 @@ def _warm(data: AppData):
     t1 = time.perf_counter()
 
     def in_background():
-        # What the page does not need to open (at 10^7 stars: the hover grids ~1 s each, the cross-filter's bins
-        # 1.9 s, a first selection over every star 1.2 s) is done after the server answers; a visitor who
-        # hovers, filters or selects first waits only for that one piece, computed once either way.
+        # What the page does not need to open (the kernels of zoomed maps and class colourings ~6 s; at 10^7
+        # stars the hover grids ~1 s each, the cross-filter's bins 1.9 s, a first selection over every star) is
+        # done after the server answers; a visitor who zooms, hovers, filters or selects first waits only for
+        # that one piece, computed once either way.
         try:
+            warm_more_kernels()
             for k in keys:
                 data._map_grid(k)
             for col in bins:

@@ -33,6 +33,7 @@ import pandas as pd
 import param
 
 from app.expressions import ExpressionError, Schema, compile_expression
+from app.pixels import PixelIndex, in_box
 from desa_core.artifacts import ADDED_COLUMN
 from desa_core.columns import StarTable, embedded_column
 
@@ -270,6 +271,7 @@ class AppData:
         self._sky = None
         self._grids: dict = {}
         self._grid_lock = threading.Lock()
+        self._pixels: dict = {}
         self._rasters: "OrderedDict[tuple, Any]" = OrderedDict()   # all-stars map layers shared by sessions
         self._contours: dict = {}
         self._bins: dict = {}
@@ -384,6 +386,21 @@ class AppData:
             hit = self._grids.get(key)
             if hit is None:
                 hit = self._grids[key] = MapGrid(x, y, *ranges)
+            return hit
+
+    def map_pixels(self, key: str, width: int, height: int) -> PixelIndex:
+        """Every star's pixel on map ``key`` at its default view in a ``width`` x ``height`` frame
+        (:class:`app.pixels.PixelIndex`: the maps' rasters there are counts of them), built once per process
+        (at 10^7 stars ~0.1 s and 40 MB per map)."""
+        hit = self._pixels.get((key, width, height))
+        if hit is not None:
+            return hit
+        m = self.maps[key]
+        x, y, (xr, yr) = self.column(m.x), self.column(m.y), self.default_range(key)
+        with self._grid_lock:
+            hit = self._pixels.get((key, width, height))
+            if hit is None:
+                hit = self._pixels[(key, width, height)] = PixelIndex(x, y, xr, yr, width, height)
             return hit
 
     def shared_raster(self, key: tuple, compute):
@@ -1051,8 +1068,8 @@ class Session(param.Parameterized):
         if kind == "box":
             _, _, view, x0, x1, y0, y1 = step
             m = self.data.maps[view]
-            x, y = self.data.column(m.x), self.data.column(m.y)
-            return (x >= min(x0, x1)) & (x <= max(x0, x1)) & (y >= min(y0, y1)) & (y <= max(y0, y1))
+            return in_box(self.data.column(m.x), self.data.column(m.y), min(x0, x1), max(x0, x1), min(y0, y1),
+                          max(y0, y1))
         if kind == "lasso":
             _, _, view, flat = step
             m = self.data.maps[view]
@@ -1105,7 +1122,7 @@ class Session(param.Parameterized):
             self.selection = mask
             spec = json.dumps(steps, separators=(",", ":")) if steps else ""
             self.param.update(selection_spec=spec if len(spec) <= MAX_URL_SPEC else "",
-                              selection_count=int(mask.sum()) if mask is not None else 0,
+                              selection_count=int(np.count_nonzero(mask)) if mask is not None else 0,
                               selection_version=self.selection_version + 1)
 
     def apply_step(self, kind: str, *args, mode: str | None = None):
@@ -1205,7 +1222,7 @@ class Session(param.Parameterized):
                 raise UserInputError("nothing is selected: select stars on a map first")
             steps, mask = self.selection_steps, self.selection.copy()
         with self._lock:
-            self.populations[name] = {"steps": steps, "mask": mask, "expr": expr, "count": int(mask.sum())}
+            self.populations[name] = {"steps": steps, "mask": mask, "expr": expr, "count": int(np.count_nonzero(mask))}
         self.populations_version += 1
         return mask
 

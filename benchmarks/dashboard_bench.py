@@ -18,8 +18,9 @@ own Bokeh document, so HoloViews/Bokeh plot updates are included):
   the map's Bokeh source and the info line written (``Maps.hover_at``), at random stars with a sub-pixel offset;
 - ``recolour_categorical``: the colour switched between two categorical columns (binary class, phase) with a
   selection active -> all three maps re-rendered with the new class layers and the legend recounted;
-- ``concurrency``: ``--sessions`` sessions in threads, each making ``--events`` selections with a think time
-  of 0.5-1.5 s (a person dragging boxes), versus one session alone; p95 latency and errors;
+- ``concurrency``: ``--sessions`` sessions in threads, each making ``--session-events`` selections with a think
+  time of 0.5-1.5 s (a person dragging boxes), versus one session making the same selections alone, one after
+  the other: p50 and p95 latency of both, their ratios, the slowdown box for box, and errors;
 - wall times on a shared machine depend on its load (recorded as ``load_average``); ``cpu_*`` is the
   process CPU time of the same step (all threads), which does not;
 - ``memory``: resident memory of the process after the shared data is loaded, after the first session, and
@@ -189,21 +190,32 @@ def bench_probe(ex, n_fits) -> dict:
             "r2_desa_median": round(float(np.median(scores)), 3)}
 
 
-def bench_concurrency(data, n_sessions, n_events, seed, think=(0.5, 1.5)) -> dict:
-    sessions = [_live_session(data)[0] for _ in range(n_sessions)]
+def _session_boxes(data, n_sessions, n_events, seed) -> list[list[tuple]]:
+    """The boxes each session drags: (map, x range, y range), cycling through the three maps."""
+    out = []
+    for i in range(n_sessions):
+        rng = np.random.default_rng(seed + i)
+        out.append([(("umap", "cmd", "hr")[j % 3], *_random_box(data, ("umap", "cmd", "hr")[j % 3], rng))
+                    for j in range(n_events)])
+    return out
+
+
+def bench_concurrency(data, boxes: list[list[tuple]], seed, think=(0.5, 1.5)) -> dict:
+    """One session per list of boxes, in threads, each selecting its boxes with a think time between them.
+    Returns the latency statistics and every (box number, latency) pair, boxes numbered across the lists."""
+    sessions = [_live_session(data)[0] for _ in boxes]
     for ex in sessions:  # first render of every session outside the timed part
         for k in ("umap", "cmd", "hr"):
             ex.maps.render(k)
-    lat: list[float] = []
+    lat: dict[int, float] = {}
     errors: list[str] = []
     lock = threading.Lock()
+    first = np.cumsum([0] + [len(b) for b in boxes])
 
     def run(ex, i):
         rng = np.random.default_rng(seed + i)
-        time.sleep(rng.uniform(0, 1.0))
-        for j in range(n_events):
-            key = ("umap", "cmd", "hr")[j % 3]
-            xr, yr = _random_box(data, key, rng)
+        time.sleep(rng.uniform(0, 1.0) if len(boxes) > 1 else 0.0)
+        for j, (key, xr, yr) in enumerate(boxes[i]):
             t0 = time.perf_counter()
             try:
                 ex.session.select_box(key, xr, yr, mode="new")
@@ -212,7 +224,7 @@ def bench_concurrency(data, n_sessions, n_events, seed, think=(0.5, 1.5)) -> dic
                 with lock:
                     errors.append(f"{type(e).__name__}: {e}")
             with lock:
-                lat.append(time.perf_counter() - t0)
+                lat[int(first[i] + j)] = time.perf_counter() - t0
             time.sleep(rng.uniform(*think))
 
     threads = [threading.Thread(target=run, args=(ex, i)) for i, ex in enumerate(sessions)]
@@ -221,9 +233,25 @@ def bench_concurrency(data, n_sessions, n_events, seed, think=(0.5, 1.5)) -> dic
         t.start()
     for t in threads:
         t.join()
-    return {"sessions": n_sessions, "events_per_session": n_events, "think_s": list(think), **_stats(lat),
-            "errors": len(errors),
-            "error_examples": errors[:3], "wall_s": round(time.perf_counter() - t0, 1)}
+    return {"sessions": len(boxes), "events_per_session": max(len(b) for b in boxes), "think_s": list(think),
+            **_stats(list(lat.values())), "errors": len(errors), "error_examples": errors[:3],
+            "wall_s": round(time.perf_counter() - t0, 1), "latency_by_box": lat}
+
+
+def compare_concurrency(data, n_sessions, n_events, seed, think=(0.5, 1.5), solo_think=(0.1, 0.3)) -> dict:
+    """The same boxes selected by ``n_sessions`` sessions at once and, one after the other, by one session
+    alone: the slowdown concurrency causes, box for box (a box's cost grows with the stars it selects, so two
+    different sets of random boxes would compare their sizes as much as the server's load)."""
+    boxes = _session_boxes(data, n_sessions, n_events, seed)
+    many = bench_concurrency(data, boxes, seed, think)
+    single = bench_concurrency(data, [[b for bs in boxes for b in bs]], seed + 1, solo_think)
+    lat_many, lat_one = many.pop("latency_by_box"), single.pop("latency_by_box")
+    ratio = np.array([lat_many[k] / lat_one[k] for k in sorted(lat_many)])
+    return {"single_session": single, "concurrent": many,
+            "p95_ratio": round(many["p95_s"] / single["p95_s"], 2),
+            "p50_ratio": round(many["p50_s"] / single["p50_s"], 2),
+            "per_box_slowdown": {"p50": round(float(np.median(ratio)), 2),
+                                 "p95": round(float(np.percentile(ratio, 95)), 2)}}
 
 
 def main(argv=None) -> int:
@@ -335,10 +363,7 @@ def main(argv=None) -> int:
 
     del ex2, _doc2
     if "concurrency" not in skip:
-        single = bench_concurrency(data, 1, a.session_events * 2, a.seed + 100, tuple(a.think))
-        many = bench_concurrency(data, a.sessions, a.session_events, a.seed + 200, tuple(a.think))
-        out["concurrency"] = {"single_session": single, "concurrent": many,
-                              "p95_ratio": round(many["p95_s"] / single["p95_s"], 2)}
+        out["concurrency"] = compare_concurrency(data, a.sessions, a.session_events, a.seed + 200, tuple(a.think))
         print("concurrency", out["concurrency"], flush=True)
 
     out["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -36,6 +36,30 @@ def test_the_warm_up_leaves_the_grids_and_bins_to_a_thread_that_finishes_them(ex
     assert len(ex.maps.shown_keys()) == 3 and len(ex.crossfilter.columns.value) >= 1
 
 
+def test_a_selection_at_the_default_view_is_drawn_from_the_pixel_index_and_a_zoomed_one_by_datashader(ex):
+    """The pixel index is the fast path of the unzoomed maps only; both paths draw the selected stars."""
+    from app.components.maps import FRAME_HEIGHT, FRAME_WIDTH, aggregate
+    d, s = ex.data, ex.session
+    d._pixels.clear()
+    s.select_query("teff > 5500")
+    rows = np.flatnonzero(s.selection)
+    for key in ex.maps.shown_keys():
+        m = d.maps[key]
+        x, y = d.column(m.x), d.column(m.y)
+        xr, yr = d.default_range(key)
+        img = ex.maps.selected_image(key)           # density colouring: log10 of the counts
+        assert (key, FRAME_WIDTH, FRAME_HEIGHT) in d._pixels
+        want = aggregate(x, y, None, rows, xr, yr)   # datashader's binning of the same stars
+        assert np.array_equal(np.isfinite(img), np.isfinite(want))
+        np.testing.assert_allclose(10 ** img[np.isfinite(img)], want[np.isfinite(want)], rtol=1e-5)
+        # zoomed on the lower-left quarter: datashader bins the frame, the index is not used for it
+        zx, zy = (xr[0], (xr[0] + xr[1]) / 2), (yr[0], (yr[0] + yr[1]) / 2)
+        assert not d.map_pixels(key, FRAME_WIDTH, FRAME_HEIGHT).matches(zx, zy, FRAME_WIDTH, FRAME_HEIGHT)
+        zoomed = ex.maps.selected_image(key, zx, zy)
+        want = aggregate(x, y, None, rows, zx, zy)
+        assert np.array_equal(np.isfinite(zoomed), np.isfinite(want))
+
+
 # --- categorical colouring -----------------------------------------------------------------------------
 
 def test_categorical_colouring_counts_every_class_with_its_fixed_colour(ex):

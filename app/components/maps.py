@@ -39,8 +39,10 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
+import xarray as xr
 from panel.io.document import unlocked
 
+from app.pixels import PixelIndex, in_box
 from app.state import UMAP_VIEWS, Colouring, Session, UserInputError
 from app.text import esc
 
@@ -69,56 +71,93 @@ def _canvas(x_range, y_range, width, height):
                      y_range=tuple(map(float, y_range)))
 
 
+def _pixel_path(pixels: PixelIndex | None, x_range, y_range, width, height) -> bool:
+    """Whether ``pixels`` bins this frame (the map's default view), so a raster is a count of pixel numbers."""
+    return pixels is not None and pixels.matches(x_range, y_range, width, height)
+
+
+def _as_agg(arr: np.ndarray, cv: ds.Canvas, categories=None) -> xr.DataArray:
+    """Counts from :class:`PixelIndex` as the DataArray datashader would return (same dims, coords, attrs), for
+    its spread and shade functions."""
+    xs = cv.x_axis.compute_index(cv.x_axis.compute_scale_and_translate(cv.x_range, cv.plot_width), cv.plot_width)
+    ys = cv.y_axis.compute_index(cv.y_axis.compute_scale_and_translate(cv.y_range, cv.plot_height),
+                                 cv.plot_height)
+    coords, dims = {"y": ys, "x": xs}, ["y", "x"]
+    if categories is not None:
+        coords["c"], dims = np.asarray(categories), dims + ["c"]
+    return xr.DataArray(arr, coords=coords, dims=dims, attrs={"x_range": cv.x_range, "y_range": cv.y_range})
+
+
+def _spread_add(a: np.ndarray, px: int) -> np.ndarray:
+    """``datashader.transfer_functions.spread(a, px, how="add")`` of a count or sum raster, in numpy: each pixel
+    gets the sum of the pixels within datashader's circle of radius ``px`` around it (NaN counts as 0). The same
+    result without datashader's kernel, whose first compile takes ~3 s of a server's start."""
+    a = np.nan_to_num(np.asarray(a), copy=False)
+    if px <= 0:
+        return a
+    h, w = a.shape
+    r = np.arange(-px, px + 1)
+    pad = np.zeros((h + 2 * px, w + 2 * px), np.float64 if a.dtype.kind == "f" else np.int64)
+    for i, j in zip(*np.nonzero(np.sqrt(r ** 2 + r[:, None] ** 2) <= px + 0.5)):   # datashader's _circle_mask
+        pad[i:i + h, j:j + w] += a
+    return pad[px:px + h, px:px + w]
+
+
 def aggregate(x: np.ndarray, y: np.ndarray, values: np.ndarray | None, rows: np.ndarray | None,
               x_range, y_range, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT,
-              spread: bool = True) -> np.ndarray:
+              spread: bool = True, pixels: PixelIndex | None = None) -> np.ndarray:
     """Rasterise stars onto a (height, width) grid: counts (values None) or the mean of ``values``.
 
-    ``rows`` restricts to those row positions. Empty pixels are NaN so that they are transparent.
+    ``rows`` restricts to those row positions. Empty pixels are NaN so that they are transparent. ``pixels``
+    (the map's :class:`PixelIndex`) is used when it bins this very frame; otherwise datashader bins x and y.
     """
-    if rows is not None:
-        x, y = x[rows], y[rows]
-        values = values[rows] if values is not None else None
-    cols = {"x": x, "y": y}
-    if values is not None:
-        cols["v"] = values
-    df = pd.DataFrame(cols, copy=False)
-    cv = _canvas(x_range, y_range, width, height)
-    if values is None:
-        count = cv.points(df, "x", "y", agg=ds.count())
-        px = _spread_px(count.values) if spread else 0
-        if px:
-            count = tf.spread(count, px=px, how="add")
-        out = count.values.astype(np.float32)
-        out[out == 0] = np.nan
-        return out
-    agg = cv.points(df, "x", "y", agg=ds.summary(n=ds.count("v"), s=ds.sum("v")))
-    n, s = agg["n"], agg["s"]
-    px = _spread_px(n.values) if spread else 0
-    if px:
-        n, s = tf.spread(n, px=px, how="add"), tf.spread(s, px=px, how="add")
-    n = n.values.astype(np.float32)
+    if _pixel_path(pixels, x_range, y_range, width, height):
+        n, s = (pixels.counts(rows), None) if values is None else pixels.counts_and_sums(values, rows)
+    else:
+        if rows is not None:
+            x, y = x[rows], y[rows]
+            values = values[rows] if values is not None else None
+        cols = {"x": x, "y": y}
+        if values is not None:
+            cols["v"] = values
+        cv = _canvas(x_range, y_range, width, height)
+        df = pd.DataFrame(cols, copy=False)
+        if values is None:
+            n, s = cv.points(df, "x", "y", agg=ds.count()).values, None
+        else:
+            agg = cv.points(df, "x", "y", agg=ds.summary(n=ds.count("v"), s=ds.sum("v")))
+            n, s = agg["n"].values, agg["s"].values
+    px = _spread_px(n) if spread else 0
+    n = _spread_add(n, px).astype(np.float32)
+    if s is None:
+        n[n == 0] = np.nan
+        return n
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = (s.values / n).astype(np.float32)
+        out = (_spread_add(s, px) / n).astype(np.float32)
     out[n == 0] = np.nan
     return out
 
 
 def aggregate_categories(x: np.ndarray, y: np.ndarray, codes: np.ndarray, colours, rows: np.ndarray | None,
                          x_range, y_range, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT,
-                         spread: bool = True) -> np.ndarray:
+                         spread: bool = True, pixels: PixelIndex | None = None) -> np.ndarray:
     """Rasterise stars by class: datashader ``count_cat`` per pixel, shaded with the fixed colour key (a pixel
     mixes its classes' colours by their counts; opacity follows the total, histogram-equalised). Returns the
-    (height, width) uint32 RGBA image, rows bottom to top; stars with code -1 are left out."""
-    if rows is None:
-        rows = np.flatnonzero(codes >= 0)
-    else:
-        rows = rows[codes[rows] >= 0]
+    (height, width) uint32 RGBA image, rows bottom to top; stars with code -1 are left out. ``pixels`` as in
+    :func:`aggregate`."""
     k = len(colours)
-    cat = pd.Categorical.from_codes(np.asarray(codes[rows], dtype=np.int16), categories=[str(i) for i in range(k)])
-    df = pd.DataFrame({"x": x[rows], "y": y[rows], "c": cat}, copy=False)
+    cats = [str(i) for i in range(k)]
     cv = _canvas(x_range, y_range, width, height)
-    agg = cv.points(df, "x", "y", agg=ds.count_cat("c"))
+    if _pixel_path(pixels, x_range, y_range, width, height):
+        agg = _as_agg(pixels.category_counts(codes, k, rows), cv, cats)
+    else:
+        if rows is None:
+            rows = np.flatnonzero(codes >= 0)
+        else:
+            rows = rows[codes[rows] >= 0]
+        cat = pd.Categorical.from_codes(np.asarray(codes[rows], dtype=np.int16), categories=cats)
+        df = pd.DataFrame({"x": x[rows], "y": y[rows], "c": cat}, copy=False)
+        agg = cv.points(df, "x", "y", agg=ds.count_cat("c"))
     img = tf.shade(agg, color_key={str(i): c for i, c in enumerate(colours)}, how="eq_hist", min_alpha=90)
     total = agg.sum(dim=agg.dims[-1]).values
     px = _spread_px(total) if spread else 0
@@ -132,15 +171,33 @@ def category_counts(codes: np.ndarray, k: int, rows: np.ndarray | None = None) -
     return np.bincount(c[c >= 0].astype(np.int64), minlength=k)[:k]
 
 
-def warm_kernels():
-    """Compile datashader's numba kernels (every spread width, counts, means, classes) before the first visitor."""
+def _warm_samples():
     rng = np.random.default_rng(0)
     for n in (5, 50, 500, 20_000):  # sparse to dense: each spread width once
         x, y, v = (rng.normal(size=n).astype(np.float32) for _ in range(3))
+        yield x, y, v, rng.integers(-1, 3, n).astype(np.int16), np.arange(n // 2)
+
+
+def warm_kernels():
+    """Compile the numba kernels a map at its default view coloured by density or a column uses (app.pixels'
+    counts, every spread width) before the first visitor: ~0.3 s."""
+    for x, y, v, codes, half in _warm_samples():
+        pixels = PixelIndex(x, y, (-3, 3), (-3, 3), FRAME_WIDTH, FRAME_HEIGHT)
+        in_box(x, y, -1.0, 1.0, -1.0, 1.0)
+        for rows in (None, half):
+            aggregate(x, y, None, rows, (-3, 3), (-3, 3), pixels=pixels)
+            aggregate(x, y, v, rows, (-3, 3), (-3, 3), pixels=pixels)
+
+
+def warm_more_kernels():
+    """Compile the rest: datashader's binning (a zoomed map) and its class shading and image spreading (a class
+    colouring), ~6 s that the server spends after the page opens."""
+    for x, y, v, codes, half in _warm_samples():
+        pixels = PixelIndex(x, y, (-3, 3), (-3, 3), FRAME_WIDTH, FRAME_HEIGHT)
         aggregate(x, y, None, None, (-3, 3), (-3, 3))
-        aggregate(x, y, v, np.arange(n // 2), (-3, 3), (-3, 3))
-        codes = rng.integers(-1, 3, n).astype(np.int16)
-        aggregate_categories(x, y, codes, ("#ff0000", "#00ff00", "#0000ff"), np.arange(n // 2), (-3, 3), (-3, 3))
+        aggregate(x, y, v, half, (-3, 3), (-3, 3))
+        for p in (None, pixels):
+            aggregate_categories(x, y, codes, ("#ff0000", "#00ff00", "#0000ff"), half, (-3, 3), (-3, 3), pixels=p)
 
 
 def _rgb_array(img: np.ndarray) -> np.ndarray:
@@ -374,9 +431,12 @@ class Maps(pn.viewable.Viewer):
     def _raster(self, key, c: Colouring, rows, x_range, y_range):
         m = self.data.maps[key]
         x, y = self.data.column(m.x), self.data.column(m.y)
+        # at the default view (where nearly every selection is drawn) by each star's pixel number, else datashader
+        pixels = (self.data.map_pixels(key, FRAME_WIDTH, FRAME_HEIGHT)
+                  if (x_range, y_range) == self.data.default_range(key) else None)
         if c.kind == "categorical":
-            return aggregate_categories(x, y, c.values, c.colours, rows, x_range, y_range)
-        return aggregate(x, y, c.values if c.kind == "numeric" else None, rows, x_range, y_range)
+            return aggregate_categories(x, y, c.values, c.colours, rows, x_range, y_range, pixels=pixels)
+        return aggregate(x, y, c.values if c.kind == "numeric" else None, rows, x_range, y_range, pixels=pixels)
 
     def _layers(self, key, x_range, y_range):
         """(all stars, selected stars or None, colouring, cache key) rasters of one map, cached per selection,
@@ -402,6 +462,7 @@ class Maps(pn.viewable.Viewer):
         return base, (None if top is False else top), c, ckey
 
     def _prefetch(self, *_):
+        self.session.selected_rows()   # once, here: each map's thread would otherwise scan the mask itself
         futures = []
         for key in self.shown_keys():
             xr, yr = self._ranges(key, self.range_streams[key].x_range, self.range_streams[key].y_range)
