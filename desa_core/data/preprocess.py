@@ -130,73 +130,132 @@ def clean_light_curves(time, flux, cfg: PreprocessConfig, what: str = "light cur
     if dt <= 0:
         raise ValueError(f"{what}: time values are not increasing")
     b, t = flux.shape
-    finite = np.isfinite(flux)
-    problems: list[str | None] = [None] * b
-    bad = finite.sum(axis=1) < 2
-    # NaN runs (sparse: a few per star), as (row, first cadence, one past the last): their finite neighbours
-    # bridge them, and a run longer than lc_gap_days ends a segment.
-    edges = np.diff(np.pad(~finite, ((0, 0), (1, 1))).view(np.int8), axis=1)
-    run_row, run_lo = np.nonzero(edges == 1)
-    run_hi = np.nonzero(edges == -1)[1]
-    # Segments (quarters) from gaps in each star's *observed* cadences: a finite cadence more than lc_gap_days
-    # after the previous finite one starts a new segment; each segment is divided by its own median.
-    starts = np.zeros((b, t), dtype=bool)
-    after_gap = np.flatnonzero(np.diff(time) > cfg.lc_gap_days) + 1    # gaps in the time grid itself
-    starts[:, after_gap] = finite[:, after_gap] & finite[:, after_gap - 1]
-    across = (run_lo > 0) & (run_hi < t)
-    r, lo, hi = run_row[across], run_lo[across] - 1, run_hi[across]
-    starts[r, hi] = time[hi] - time[lo] > cfg.lc_gap_days
-    seg = np.cumsum(starts, axis=1, dtype=np.int32)
-    if np.any(np.diff(time) == 0):     # equal times belong to one segment (the last one's)
-        seg = seg[:, np.searchsorted(time, time, side="right") - 1]
-    n_seg = int(seg[:, -1].max()) + 1 if b else 0
-    rel = np.empty_like(flux)
-    for s in range(n_seg):
-        in_s = seg == s
-        cols = np.flatnonzero(in_s.any(axis=0))
-        c0, c1 = cols[0], cols[-1] + 1          # a segment is a run of cadences: look only at its span
-        in_span = in_s[:, c0:c1]
-        med = _row_medians(flux[:, c0:c1], in_span & finite[:, c0:c1])
-        # A segment exists when it holds a finite cadence; its median must be usable.
-        wrong = (seg[:, -1] >= s) & ~bad & (~np.isfinite(med) | (med == 0))
-        for i in np.flatnonzero(wrong):
-            problems[i] = f"a segment has median flux {med[i]}; expected a positive relative flux"
-            bad[i] = True
-        with np.errstate(invalid="ignore", divide="ignore"):
-            np.divide(flux[:, c0:c1], med[:, None], out=rel[:, c0:c1], where=in_span)
-    for i in np.flatnonzero(bad):
-        if problems[i] is None:
-            problems[i] = "fewer than 2 finite flux values"
-    rel[bad] = 0.0
-    # NaN cadences: linear interpolation between the nearest finite neighbours (np.interp's arithmetic;
-    # before the first / after the last finite cadence, its value).
-    keep = ~bad[run_row]
-    r, lo, hi = run_row[keep], run_lo[keep] - 1, run_hi[keep]
-    n_run = run_hi[keep] - run_lo[keep]
-    rr, cc = np.repeat(r, n_run), np.repeat(run_lo[keep], n_run) + _ranks(n_run)
-    lo, hi = np.repeat(lo, n_run), np.repeat(hi, n_run)
-    rel[rr, cc] = _interp_between(time[cc], time[lo.clip(0)], time[hi.clip(0, t - 1)], rel[rr, lo.clip(0)],
-                                  rel[rr, hi.clip(0, t - 1)], lo >= 0, hi < t)
+    # What depends only on the shared time grid: the grid's own gaps, cadences with equal times (they belong to
+    # the last one's segment), the smoothing width and each cadence's bin on the model grid.
+    grid_gap = np.zeros(t, dtype=bool)
+    grid_gap[1:] = np.diff(time) > cfg.lc_gap_days
+    same = (np.searchsorted(time, time, side="right") - 1 if np.any(np.diff(time) == 0)
+            else np.arange(t)).astype(np.int64)
     w = max(1, int(round(cfg.lc_smooth_days / dt)))
-    if w > 1:
-        pad = np.pad(rel, ((0, 0), (w // 2, w - 1 - w // 2)), mode="edge")
-        rel = pad[:, :t] * (1.0 / w)           # a moving sum of shifted copies: no BLAS call, no big temporaries
-        for k in range(1, w):
-            rel += pad[:, k:k + t] * (1.0 / w)
-    # Bin onto the model grid (the bins are runs of cadences: time is sorted); bins without any cadence
-    # (long gaps) are interpolated.
     idx = np.floor((time - time[0]) / cfg.lc_cadence_days).astype(np.int64)
     n = int(idx[-1]) + 1
-    cnt = np.bincount(idx, minlength=n)
-    filled = np.flatnonzero(cnt > 0)
-    binned = np.add.reduceat(rel, np.searchsorted(idx, filled), axis=1) / cnt[filled]
-    if filled.size < n:
-        grid, known = np.arange(n, dtype=np.float64), filled.astype(np.float64)
-        j = np.searchsorted(known, grid, side="left")
-        binned = _interp(grid, known, binned, j - 1, j)
-    x = (binned - 1.0).astype(np.float32)
-    x[bad] = 0.0
+    x = np.zeros((b, n), dtype=np.float32)
+    status, median = np.zeros(b, dtype=np.int64), np.zeros(b)
+    _clean_kernel(time, flux, grid_gap, float(cfg.lc_gap_days), same, w, idx, n, x, status, median)
+    problems: list[str | None] = [None if k == 0 else "fewer than 2 finite flux values" if k == 1 else
+                                  f"a segment has median flux {m}; expected a positive relative flux"
+                                  for k, m in zip(status, median)]
     return x, problems
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _clean_kernel(time, flux, grid_gap, gap_days, same, w, idx, n, out, status, median):
+    """:func:`clean_light_curves` star by star (one compiled pass each, releasing the GIL): segments, their
+    medians, NaN runs bridged, moving average, binning. ``status[i]``: 0 usable, 1 fewer than 2 finite fluxes,
+    2 a segment's median (``median[i]``) is not a positive number; the row of ``out`` is then left 0."""
+    b, t = flux.shape
+    finite = np.empty(t, np.bool_)
+    seg = np.empty(t, np.int64)
+    rel = np.empty(t)
+    vals = np.empty(t)
+    pad = np.empty(t + w - 1)
+    sm = np.empty(t)
+    binned = np.zeros(n)
+    cnt = np.zeros(n, np.int64)
+    for i in range(b):
+        n_fin = 0
+        for c in range(t):
+            finite[c] = np.isfinite(flux[i, c])
+            n_fin += finite[c]
+        if n_fin < 2:
+            status[i] = 1
+            continue
+        # Segments (quarters) from gaps in the star's *observed* cadences: a finite cadence more than gap_days
+        # after the previous finite one (across the grid's own gap, or across a run of NaN) starts a new one.
+        s, last = 0, -1
+        for c in range(t):
+            if finite[c]:
+                if c > 0 and ((grid_gap[c] and finite[c - 1])
+                              or (last >= 0 and last < c - 1 and time[c] - time[last] > gap_days)):
+                    s += 1
+                last = c
+            seg[c] = s
+        for c in range(t):
+            seg[c] = seg[same[c]]
+        # Each segment divided by the median of its finite fluxes
+        n_seg = seg[t - 1] + 1
+        for k in range(n_seg):
+            m = 0
+            for c in range(t):
+                if seg[c] == k and finite[c]:
+                    vals[m] = flux[i, c]
+                    m += 1
+            med = np.median(vals[:m]) if m > 0 else np.nan
+            if not np.isfinite(med) or med == 0:
+                status[i], median[i] = 2, med
+                break
+            for c in range(t):
+                if seg[c] == k:
+                    rel[c] = flux[i, c] / med
+        if status[i]:
+            continue
+        # NaN cadences: linear interpolation between the nearest finite neighbours (np.interp's arithmetic;
+        # before the first / after the last finite cadence, its value)
+        c = 0
+        while c < t:
+            if finite[c]:
+                c += 1
+                continue
+            lo, hi = c - 1, c
+            while hi < t and not finite[hi]:
+                hi += 1
+            has_lo, has_hi = lo >= 0, hi < t
+            x_lo, y_lo = (time[lo], rel[lo]) if has_lo else (time[0], rel[0])
+            x_hi, y_hi = (time[hi], rel[hi]) if has_hi else (time[t - 1], rel[t - 1])
+            for q in range(c, hi):
+                v = (y_hi - y_lo) / (x_hi - x_lo) * (time[q] - x_lo) + y_lo
+                if x_hi == time[q]:
+                    v = y_hi
+                if not has_hi:
+                    v = y_lo
+                if not has_lo:
+                    v = y_hi
+                rel[q] = v
+            c = hi
+        # moving average of w cadences (edges repeated), summed in the order of the array version
+        if w > 1:
+            h = w // 2
+            for c in range(t + w - 1):
+                pad[c] = rel[min(max(c - h, 0), t - 1)]
+            inv = 1.0 / w
+            for c in range(t):
+                acc = pad[c] * inv
+                for k in range(1, w):
+                    acc += pad[c + k] * inv
+                sm[c] = acc
+        else:
+            sm[:] = rel
+        # bin onto the model grid; bins without any cadence (long gaps) are interpolated
+        binned[:] = 0.0
+        cnt[:] = 0
+        for c in range(t):
+            binned[idx[c]] += sm[c]
+            cnt[idx[c]] += 1
+        prev = -1
+        for j in range(n):
+            if cnt[j] > 0:
+                binned[j] /= cnt[j]
+                if prev < j - 1:   # the empty bins since the last filled one
+                    for q in range(prev + 1, j):
+                        if prev < 0:
+                            binned[q] = binned[j]
+                        else:
+                            binned[q] = (binned[j] - binned[prev]) / (j - prev) * (q - prev) + binned[prev]
+                prev = j
+        for q in range(prev + 1, n):
+            binned[q] = binned[prev]
+        for j in range(n):
+            out[i, j] = binned[j] - 1.0
 
 
 def clean_light_curve(time, flux, cfg: PreprocessConfig, what: str = "light curve") -> np.ndarray:

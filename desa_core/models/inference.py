@@ -249,6 +249,18 @@ class Embedder:
             x_sp = self._drop_unusable(x_sp, problems, has_sp, columns["star_id"][s], "spectrum")
         return x_lc, has_lc, x_sp, has_sp, self._labels_for(store.catalog, stars)
 
+    def _catalog_columns(self, cat) -> dict:
+        """The catalogue columns embedding reads, as arrays, kept for the last catalogue: a Dask worker embeds
+        chunk after chunk of one store (at 10^6 stars converting them took ~0.1 s, 5% of a 2,048-star chunk)."""
+        cached = getattr(self, "_columns_cache", None)
+        if cached is not None and cached[0] is cat:
+            return cached[1]
+        columns = {"lc_row": cat["lc_row"].to_numpy(np.int64), "spec_row": cat["spec_row"].to_numpy(np.int64),
+                   "star_id": cat["star_id"].to_numpy(),
+                   "abs_g": catalog_column(cat, LUMINOSITY_COLUMN), "rv": catalog_column(cat, RV_COLUMN, 0.0)}
+        self._columns_cache = (cat, columns)
+        return columns
+
     @staticmethod
     def _drop_unusable(x, problems, has, star_ids, what):
         bad = np.array([p is not None for p in problems])
@@ -280,9 +292,7 @@ class Embedder:
         if feats is not None:
             log.info("embedding %d stars from the run's saved encoder features", len(rows))
             return self._embed_features(feats, rows, self._labels_for(cat, rows), batch_size)
-        columns = {"lc_row": cat["lc_row"].to_numpy(np.int64), "spec_row": cat["spec_row"].to_numpy(np.int64),
-                   "star_id": cat["star_id"].to_numpy(),
-                   "abs_g": catalog_column(cat, LUMINOSITY_COLUMN), "rv": catalog_column(cat, RV_COLUMN, 0.0)}
+        columns = self._catalog_columns(cat)
         if prefetch is None:
             prefetch = self._prefetch_default()
         parts = {"desa": [], "light_curve": [], "spectrum": []}
