@@ -227,6 +227,31 @@ def bench_embedding(survey: str, run: str | None, n_stars: int, threads: int, ba
     return out
 
 
+def _timed_embed_chunk(start: int, stop: int, *args) -> dict:
+    """The pipeline's embed task on one chunk, with when it ran on which worker (wall clock, one machine)."""
+    import os as _os
+    import time as _time
+    from precompute.stages import _embed_rows_on_worker
+    t0 = _time.time()
+    out = _embed_rows_on_worker(start, stop, *args)
+    return {"pid": _os.getpid(), "t0": t0, "t1": _time.time(), "rows": stop - start,
+            "finite": int(np.isfinite(out["desa"]).all(axis=1).sum())}
+
+
+def _steady_rate(chunks: list[dict], t_start: float) -> dict:
+    """Stars per second while every worker was busy: up to the moment the first worker ran out of chunks.
+    At 10^4 stars the last chunks leave one worker idle while the other finishes (a tail of up to one chunk);
+    a 10^6-star run (489 chunks) spends a negligible share of its time there."""
+    last_end = {}
+    for c in chunks:
+        last_end[c["pid"]] = max(last_end.get(c["pid"], 0.0), c["t1"])
+    t_idle = min(last_end.values())
+    # chunks still running then count with the part of them done by then (a chunk's stars go at a steady pace)
+    done = sum(c["rows"] * min(1.0, max(0.0, (t_idle - c["t0"]) / max(c["t1"] - c["t0"], 1e-9))) for c in chunks)
+    return {"steady_stars_per_s": round(done / (t_idle - t_start), 1), "steady_window_s": round(t_idle - t_start, 2),
+            "steady_stars": int(done), "tail_s": round(max(last_end.values()) - t_idle, 2)}
+
+
 def bench_embedding_dask(survey: str, run: str, workers: int, batch_size: int, chunk_rows: int | None = None) -> dict:
     """New stars (every star of ``survey``; no saved features) through the Dask embed task of `desa precompute
     --workers N`: on our LocalCluster, and on one started with Dask's default worker environment
@@ -248,13 +273,14 @@ def bench_embedding_dask(survey: str, run: str, workers: int, batch_size: int, c
         t0 = time.perf_counter()
         client = runner.client()
         client.run(_embed_rows_on_worker, 0, 64, *args)          # store and model opened on every worker
-        t1 = time.perf_counter()
-        for _ in runner.run(_embed_rows_on_worker, row_ranges(n, chunk_rows), args=args):
-            pass
+        t1, wall1 = time.perf_counter(), time.time()
+        chunks = [res for _, _, res in runner.run(_timed_embed_chunk, row_ranges(n, chunk_rows), args=args)]
         t2 = time.perf_counter()
+        out[f"{label}_stars_embedded"] = sum(c["finite"] for c in chunks)
         out[f"{label}_stars_per_s"] = round(n / (t2 - t1), 1)
         out[f"{label}_stage_stars_per_s"] = round(n / (t2 - t0), 1)
         out[f"{label}_startup_s"] = round(t1 - t0, 2)
+        out[label + "_steady"] = _steady_rate(chunks, wall1)
 
     with ChunkRunner(None, workers=workers, progress=False) as r:
         timed(r, "dask")

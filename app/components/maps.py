@@ -16,7 +16,9 @@ few pixels, shown with its id and key properties; a click (``Tap``) on a star ma
 target and opens its star detail.
 
 Speed: a selection changes only each map's "Selected" raster, and a search or a hover only its small point
-layers. Those are computed (the three rasters in parallel threads; datashader's kernels release the GIL) and
+layers. At a map's default view a raster is a count of the stars' precomputed pixel numbers (app/pixels.py:
+the pixels datashader would draw, without its per-call set-up); a zoomed view goes through datashader. Those
+are computed (the three rasters in parallel threads; both kinds of kernel release the GIL) and
 written straight into the plots' Bokeh data sources, on the session's next tick when the document lock is not
 held, exactly as HoloViews would write them (a test checks this). Everything else (zoom, colour, first draw)
 goes through HoloViews' DynamicMap. HoloViews options are attached once to template elements whose ids each
