@@ -182,7 +182,7 @@ def _warm_samples():
 
 def warm_kernels():
     """Compile the numba kernels a map at its default view coloured by density or a column uses (app.pixels'
-    counts, every spread width) before the first visitor: ~0.3 s."""
+    counts, every spread width) before the first visitor: ~1 s."""
     for x, y, v, codes, half in _warm_samples():
         pixels = PixelIndex(x, y, (-3, 3), (-3, 3), FRAME_WIDTH, FRAME_HEIGHT)
         in_box(x, y, -1.0, 1.0, -1.0, 1.0)
