@@ -22,8 +22,9 @@ polynomial continuum per arm, clip at 3 sigma and z-score per arm, concatenate, 
 
 Batches: the stars of a survey store share one time grid and one wavelength grid, so
 :func:`clean_light_curves`, :func:`preprocess_light_curves` and :func:`preprocess_spectra` work on (B, T) and
-(B, P) blocks with array operations (~3x faster than a loop over stars; `desa precompute` of new stars and
-training's preprocessing cache use them). They return ``(inputs, problems)``: ``problems[i]`` says why star i
+(B, P) blocks: what depends only on the shared grid is computed once, then one compiled (numba) pass per star
+cleans a light curve or normalises a spectrum, releasing the GIL (light curves 0.08 ms, spectra 0.17 ms per
+star; `desa precompute` of new stars and training's preprocessing cache use them). They return ``(inputs, problems)``: ``problems[i]`` says why star i
 is unusable (its inputs are 0), so one bad star does not fail the batch. The single-star functions run the
 same code on a batch of one, so a star gets the same numbers alone or in any batch.
 """
