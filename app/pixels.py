@@ -9,6 +9,9 @@ stars is then a gather of their pixel numbers and a count, with no data frame an
 stars the three rasters of a selection take a fraction of datashader's time, and the kernels release the GIL
 so that the sessions of a shared server draw side by side (docs/dashboard.md has the numbers). A zoomed view
 still goes through datashader. Tests check that both give the same pixels.
+
+:func:`in_box` (a box selection's mask, one compiled pass over a map's two columns) lives here with the other
+per-star kernels of the maps.
 """
 from __future__ import annotations
 

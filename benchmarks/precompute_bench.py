@@ -229,12 +229,10 @@ def bench_embedding(survey: str, run: str | None, n_stars: int, threads: int, ba
 
 def _timed_embed_chunk(start: int, stop: int, *args) -> dict:
     """The pipeline's embed task on one chunk, with when it ran on which worker (wall clock, one machine)."""
-    import os as _os
-    import time as _time
     from precompute.stages import _embed_rows_on_worker
-    t0 = _time.time()
+    t0 = time.time()
     out = _embed_rows_on_worker(start, stop, *args)
-    return {"pid": _os.getpid(), "t0": t0, "t1": _time.time(), "rows": stop - start,
+    return {"pid": os.getpid(), "t0": t0, "t1": time.time(), "rows": stop - start,
             "finite": int(np.isfinite(out["desa"]).all(axis=1).sum())}
 
 

@@ -47,39 +47,10 @@ LC_CHANNELS = ("flux_luminosity", "flux_zscored", "acf", "log_fft")
 # ----------------------------------------------------------------------------------------- shared helpers
 # The batch functions below work on blocks of stars that share one time or wavelength grid (a survey store);
 # the single-star functions run the same code on a block of one, so there is one definition of the method.
-def _row_medians(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """np.median of the ``valid`` entries of each row of ``values`` (B, N) -> (B,); NaN for a row with none.
-
-    One partial sort of the whole block: the missing entries of a row are split evenly between -inf and +inf
-    so that the row's median sits at the block's middle positions."""
-    b, n_all = values.shape
-    n = valid.sum(axis=1)
-    missing = ~valid
-    n_low = (n_all - n + 1) // 2                                     # missing entries sent to -inf
-    low = missing & (np.cumsum(missing, axis=1) <= n_low[:, None])
-    v = np.where(valid, values, np.where(low, -np.inf, np.inf))
-    kth = sorted({max((n_all - 1) // 2, 0), n_all // 2, min(n_all // 2 + 1, n_all - 1)})
-    v = np.partition(v, kth, axis=1)
-    lo = np.minimum(n_low + np.maximum(n - 1, 0) // 2, n_all - 1)
-    hi = np.minimum(n_low + n // 2, n_all - 1)
-    rows = np.arange(b)
-    with np.errstate(invalid="ignore"):
-        return np.where(n > 0, (v[rows, lo] + v[rows, hi]) / 2, np.nan)
-
-
 def _gather(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """``a[b, idx[b, q]]`` with ``a`` (N,) or (B, N) and ``idx`` (Q,) shared or (B, Q). An index outside
-    0..N-1 gives some element of ``a`` (no error): callers mask those places."""
-    if a.ndim == 1 or idx.ndim == 1:
-        return np.take(a, idx, axis=-1, mode="clip")
-    flat = idx + (np.arange(a.shape[0]) * a.shape[1])[:, None]
-    return np.take(np.ascontiguousarray(a).reshape(-1), flat, mode="clip")
-
-
-def _ranks(counts: np.ndarray) -> np.ndarray:
-    """0, 1, ..., c-1 for each count c, concatenated."""
-    ends = np.cumsum(counts)
-    return np.arange(ends[-1] if counts.size else 0) - np.repeat(ends - counts, counts)
+    """``a[..., idx]`` for a shared index (Q,). An index outside 0..N-1 gives some element of ``a`` (no error):
+    callers mask those places."""
+    return np.take(a, idx, axis=-1, mode="clip")
 
 
 def _interp_between(xq, x_lo, x_hi, y_lo, y_hi, has_lo, has_hi):
@@ -96,9 +67,8 @@ def _interp_between(xq, x_lo, x_hi, y_lo, y_hi, has_lo, has_hi):
 def _interp(xq: np.ndarray, xp: np.ndarray, fp: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """``np.interp(xq, xp[good], fp[good])`` for every row of ``fp`` (B, N) at once, with np.interp's arithmetic.
 
-    ``lo``/``hi``: for each query the last good point with x < xq and the first with x >= xq (-1 / N where
-    none; shared (Q,) or per row (B, Q)); every row needs a good point, good points need distinct x.
-    ``xp`` (N,) shared or (B, N).
+    ``lo``/``hi`` (Q,): for each query the last good point with x < xq and the first with x >= xq (-1 / N where
+    none), shared by the rows; good points need distinct x. ``xp`` (N,) shared.
     """
     n = fp.shape[-1]
     return _interp_between(xq, _gather(xp, lo), _gather(xp, hi), _gather(fp, lo), _gather(fp, hi), lo >= 0, hi < n)
