@@ -4,6 +4,7 @@ serving, `desa serve` on broken folders, tiny surveys. (tests/test_app_browser.p
 Chromium.)"""
 from __future__ import annotations
 
+import gc
 import gzip
 import io
 import json
@@ -11,6 +12,7 @@ import shutil
 import threading
 import time
 import tracemalloc
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,21 @@ import pandas as pd
 import pytest
 
 from app.state import UserInputError
+
+
+@contextmanager
+def cpu_clock():
+    """CPU seconds this thread spends inside the block, with the garbage collector's full passes kept out
+    (a pass over the test process's heap took 1.4 s on a loaded CI machine, none of it the expression's)
+    and other threads' work not counted: a bomb that is evaluated spends its time in this thread."""
+    gc.collect()
+    gc.disable()
+    spent = [time.thread_time()]
+    try:
+        yield spent
+    finally:
+        spent[0] = time.thread_time() - spent[0]
+        gc.enable()
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +64,9 @@ BOMBS = [
 
 @pytest.mark.parametrize("expr", BOMBS)
 def test_expression_bombs_are_refused_at_once(ex, expr):
-    t0 = time.perf_counter()
-    with pytest.raises(UserInputError):
+    with cpu_clock() as spent, pytest.raises(UserInputError):
         ex.session.select_query(expr)
-    assert time.perf_counter() - t0 < 0.5
+    assert spent[0] < 0.5
     assert ex.session.selection is None
 
 
@@ -118,9 +134,9 @@ MALFORMED = [
 def test_malformed_or_hostile_url_selection_gives_a_message(ex, spec):
     ex.session.select_query("teff > 5000")
     before = ex.session.selection.copy()
-    t0 = time.perf_counter()
-    problems = ex.restore_view({"selection": spec})
-    assert time.perf_counter() - t0 < 1.0
+    with cpu_clock() as spent:
+        problems = ex.restore_view({"selection": spec})
+    assert spent[0] < 1.0
     assert problems and problems[0].startswith("selection:")
     assert "could not restore" in ex.session.message and ex.session.message_level == "warning"
     np.testing.assert_array_equal(ex.session.selection, before)   # the page keeps working as it was
