@@ -175,7 +175,7 @@ def bench_preprocessing(store, pcfg, n: int, batch_size: int) -> dict:
                                          "spectrum": float(np.abs(old_sp - new_sp).max())}}
 
 
-def bench_embedding(survey: str, run: str | None, n_stars: int, threads: int, batch_size: int,
+def bench_embedding(survey: str, run: str | None, n_stars: int, threads: int, batch_size: int | None,
                     config: str = "small", legacy: bool = True) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
@@ -184,6 +184,7 @@ def bench_embedding(survey: str, run: str | None, n_stars: int, threads: int, ba
     torch.set_num_threads(threads)
     store = SurveyStore.open(survey)
     emb = Embedder.from_run(run, device="cpu") if run else _untrained_embedder(config)
+    batch_size = int(batch_size or emb.default_batch_size())
     n = min(n_stars, len(store))
     rows = np.arange(n)
     out = {"survey": survey, "run": run or f"none: untrained {config} weights (same cost)",
@@ -227,6 +228,18 @@ def bench_embedding(survey: str, run: str | None, n_stars: int, threads: int, ba
     return out
 
 
+def _dask_chunk_rows(n: int, workers: int, chunk_rows: int | None = None) -> int:
+    """The pipeline's 2048-row chunks, or fewer rows so that every worker gets at least 4 chunks: with 5 chunks
+    on 2 workers one worker would run the last chunk alone, which a 10^6-star run (489 chunks) never sees."""
+    return int(chunk_rows or min(2048, max(256, -(-n // (4 * workers)))))
+
+
+def _worker_batch_size() -> int:
+    """The batch a one-thread Dask worker's embedder picks by default (Embedder.default_batch_size)."""
+    from desa_core.models.inference import CPU_STARS_PER_THREAD
+    return CPU_STARS_PER_THREAD
+
+
 def _timed_embed_chunk(start: int, stop: int, *args) -> dict:
     """The pipeline's embed task on one chunk, with when it ran on which worker (wall clock, one machine)."""
     from precompute.stages import _embed_rows_on_worker
@@ -250,7 +263,8 @@ def _steady_rate(chunks: list[dict], t_start: float) -> dict:
             "steady_stars": int(done), "tail_s": round(max(last_end.values()) - t_idle, 2)}
 
 
-def bench_embedding_dask(survey: str, run: str, workers: int, batch_size: int, chunk_rows: int | None = None) -> dict:
+def bench_embedding_dask(survey: str, run: str, workers: int, batch_size: int | None,
+                         chunk_rows: int | None = None) -> dict:
     """New stars (every star of ``survey``; no saved features) through the Dask embed task of `desa precompute
     --workers N`: on our LocalCluster, and on one started with Dask's default worker environment
     (MALLOC_TRIM_THRESHOLD_=65536), in the same run. The model is loaded on every worker before the clock starts;
@@ -260,12 +274,11 @@ def bench_embedding_dask(survey: str, run: str, workers: int, batch_size: int, c
     from precompute.chunks import ChunkRunner, row_ranges
     from precompute.stages import _embed_rows_on_worker
     n = len(SurveyStore.open(survey))
-    # the pipeline's 2048-row chunks, or fewer rows so that every worker gets at least 4 chunks: with 5 chunks
-    # on 2 workers one worker would run the last chunk alone, which a 10^6-star run (489 chunks) never sees
-    chunk_rows = int(chunk_rows or min(2048, max(batch_size, -(-n // (4 * workers)))))
+    chunk_rows = _dask_chunk_rows(n, workers, chunk_rows)
     args = (str(survey), str(run), batch_size, 1)
     out = {"survey": survey, "run": run, "stars": n, "workers": workers, "threads_per_worker": 1,
-           "chunk_rows": chunk_rows, "batch_size": batch_size, "load_before": [round(x, 2) for x in os.getloadavg()]}
+           "chunk_rows": chunk_rows, "batch_size": batch_size or _worker_batch_size(),
+           "load_before": [round(x, 2) for x in os.getloadavg()]}
 
     def timed(runner, label):
         t0 = time.perf_counter()
@@ -292,6 +305,50 @@ def bench_embedding_dask(survey: str, run: str, workers: int, batch_size: int, c
     return out
 
 
+def bench_batch_sizes(survey: str, run: str, workers: int, sizes: list[int], rounds: int, n_stars: int) -> dict:
+    """Stars per model call against throughput, the sizes alternated ``rounds`` times in one run (the machine's
+    speed drifts by 20% over minutes): new stars through ``workers`` one-thread Dask workers (one cluster, every
+    star of ``survey``), and through this process with torch on every core (``n_stars`` stars)."""
+    import torch
+    from desa_core.data.store import SurveyStore
+    from desa_core.models.inference import Embedder, _usable_cores
+    from precompute.chunks import ChunkRunner, row_ranges
+    from precompute.stages import _embed_rows_on_worker
+    store = SurveyStore.open(survey)
+    n = len(store)
+    chunk_rows = _dask_chunk_rows(n, workers)
+    out = {"survey": survey, "run": run, "sizes": sizes, "rounds": rounds,
+           "dask": {"stars": n, "workers": workers, "threads_per_worker": 1, "chunk_rows": chunk_rows,
+                    "steady_stars_per_s": {b: [] for b in sizes}},
+           "in_process": {"stars": min(n_stars, n), "threads": _usable_cores(), "stars_per_s": {b: [] for b in sizes}},
+           "load_before": [round(x, 2) for x in os.getloadavg()]}
+    with ChunkRunner(None, workers=workers, progress=False) as r:
+        r.client().run(_embed_rows_on_worker, 0, 64, str(survey), str(run), None, 1)
+        for _ in range(rounds):
+            for b in sizes:
+                wall1 = time.time()
+                chunks = [res for _, _, res in r.run(_timed_embed_chunk, row_ranges(n, chunk_rows),
+                                                     args=(str(survey), str(run), b, 1))]
+                out["dask"]["steady_stars_per_s"][b].append(_steady_rate(chunks, wall1)["steady_stars_per_s"])
+    torch.set_num_threads(out["in_process"]["threads"])
+    emb = Embedder.from_run(run, device="cpu")
+    rows = np.arange(out["in_process"]["stars"])
+    emb.embed_store(store, rows=rows[:256], progress=False, reuse_features=False)
+    for _ in range(rounds):
+        for b in sizes:
+            t = time.perf_counter()
+            emb.embed_store(store, rows=rows, batch_size=b, progress=False, reuse_features=False)
+            out["in_process"]["stars_per_s"][b].append(round(len(rows) / (time.perf_counter() - t), 1))
+    for part, key in (("dask", "steady_stars_per_s"), ("in_process", "stars_per_s")):
+        rates = out[part][key]
+        out[part]["mean"] = {b: round(float(np.mean(v)), 1) for b, v in rates.items()}
+        # each size against the first in the same round: the ratio the drift leaves alone
+        out[part]["ratio_to_first_per_round"] = {b: [round(x / y, 3) for x, y in zip(v, rates[sizes[0]])]
+                                                 for b, v in rates.items()}
+    out["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=100_000)
@@ -304,7 +361,11 @@ def main(argv=None) -> int:
     p.add_argument("--run", default=None)
     p.add_argument("--embed-stars", type=int, default=2048)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="stars per model call (default: the embedder's, 64 per torch thread on a CPU)")
+    p.add_argument("--compare-batch-sizes", default=None,
+                   help="with --survey, --run and --embed-workers: e.g. 256,128,64 alternated --rounds times")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--embed-only", action="store_true")
     p.add_argument("--embed-workers", type=int, default=0,
                    help="with --survey and --run: also every star of the survey through N Dask workers")
@@ -322,12 +383,18 @@ def main(argv=None) -> int:
                        "note": "2 cores shared with other work while measured"}}
     if not a.embed_only:
         doc["pipeline"] = bench_pipeline(a.n, a.dims, a.keep, a.seed, a.index_kind, a.workers)
-    if a.survey:
+    if a.compare_batch_sizes:
+        if not (a.survey and a.run and a.embed_workers):
+            p.error("--compare-batch-sizes needs --survey, --run and --embed-workers")
+        doc["batch_sizes"] = bench_batch_sizes(a.survey, a.run, a.embed_workers,
+                                               [int(x) for x in a.compare_batch_sizes.split(",")], a.rounds,
+                                               a.embed_stars)
+    elif a.survey:
         doc["embedding"] = bench_embedding(a.survey, a.run, a.embed_stars, a.threads, a.batch_size, a.config,
                                            legacy=not a.no_before)
         if a.embed_workers and a.run:
             doc["embedding_dask"] = bench_embedding_dask(a.survey, a.run, a.embed_workers, a.batch_size)
-    name = "embedding" if a.embed_only else f"precompute_{a.n}_{a.dims}" + (f"_w{a.workers}" if a.workers else "")
+    name = "embedding_batch_sizes" if a.compare_batch_sizes else "embedding" if a.embed_only else f"precompute_{a.n}_{a.dims}" + (f"_w{a.workers}" if a.workers else "")
     out = Path(a.out or Path(__file__).parent / "results" / f"{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -46,7 +46,7 @@ class AddError(ValueError):
     """Bad inputs for ``desa add``; the message names the file or the star."""
 
 
-def add_stars(artifacts, survey, label: str | None = None, run=None, batch_size: int = 256,
+def add_stars(artifacts, survey, label: str | None = None, run=None, batch_size: int | None = None,
               progress: bool = True) -> dict:
     """Embed the stars of the store ``survey`` with the artifact set's model and append them to the set at
     ``artifacts``. Returns a summary dict (n_added, label, seconds per step)."""

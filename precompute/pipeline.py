@@ -48,7 +48,7 @@ class PrecomputeError(ValueError):
 def run_precompute(survey=None, run=None, out="artifacts/default", synthetic: int | None = None,
                    workers: int = 0, scheduler: str | None = None, seed: int = 0, *,
                    embedder=None, index_kind: str = "auto", index_options: dict | None = None,
-                   umap: UmapConfig | None = None, dims: dict | None = None, batch_size: int = 256,
+                   umap: UmapConfig | None = None, dims: dict | None = None, batch_size: int | None = None,
                    chunk_rows: int | None = None, progress: bool = True, verify: bool = False,
                    device: str | None = None) -> Path:
     """Build (or finish, or bring up to date) the artifact set at ``out``; returns its path.

@@ -103,7 +103,7 @@ def clean_temporaries(art: Path) -> int:
 
 # ------------------------------------------------------------------------------------------ embedding
 def embed_stage(embedder, store, survey_path: Path, run_path: Path | None, out: Path, runner,
-                chunk_rows: int = 4096, batch_size: int = 256) -> dict[str, int]:
+                chunk_rows: int = 4096, batch_size: int | None = None) -> dict[str, int]:
     """Embed every star of ``store`` into ART/emb_<name>.npy, a chunk of rows at a time through ``runner``
     (precompute.chunks.ChunkRunner: in this process with ``embedder``, or on Dask workers that open the store and
     the run themselves; finished chunks survive a killed run). Returns {name: dim}."""
@@ -146,7 +146,7 @@ def _put(writers, rows, got):
 _WORKER_CACHE: dict = {}
 
 
-def _embed_rows_on_worker(start: int, stop: int, survey: str, run: str, batch_size: int,
+def _embed_rows_on_worker(start: int, stop: int, survey: str, run: str, batch_size: int | None,
                           torch_threads: int) -> dict[str, np.ndarray]:
     import torch
     from desa_core.data.store import SurveyStore

@@ -199,8 +199,10 @@ def test_embed_store_batches_agree_with_single_stars_and_skip_bad_modalities(tin
     assert np.isnan(out["spectrum"][9]).all() and np.isfinite(out["light_curve"][9]).all()
     assert np.isfinite(out["desa"]).all()
     seq = emb.embed_store(store, batch_size=5, progress=False, reuse_features=False, prefetch=False)
+    default = emb.embed_store(store, progress=False, reuse_features=False)   # the embedder's own batch size
     for k in out:
         np.testing.assert_allclose(seq[k], out[k], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(default[k], out[k], rtol=0, atol=1e-5)
     for i in (0, 4, 7, 8, 19):   # 0: no light curve, 4: no spectrum (tiny_survey); 8: spoiled light curve
         lc = store.light_curve(i) if cat["lc_row"].iat[i] >= 0 and i != 8 else None
         sp = store.spectrum(i) if cat["spec_row"].iat[i] >= 0 else None

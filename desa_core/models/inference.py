@@ -32,6 +32,13 @@ from desa_core.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
+# Stars per model call (Embedder.default_batch_size). On the CPU, per torch thread: new stars through two
+# one-thread Dask workers on two cores ran 1.08x faster at 128 stars per call than at 256 (mean of 7 paired
+# rounds, 0.97-1.18; 64 per call 0.91-1.20); one process with torch on both cores, at 256 against 128 per call
+# (this rule's 2 x 128), was level (0.96-1.23). benchmarks/results/embedding_batch_sizes*.json, docs/precompute.md.
+CPU_STARS_PER_THREAD = 128
+ACCELERATOR_BATCH = 256
+
 # What :class:`Predictor` writes per star (stars.parquet, the upload panel): the run's trained read-outs.
 PREDICTION_COLUMNS = ("p_binary", "age_pred_gyr", "age_pred_lo_gyr", "age_pred_hi_gyr", "teff_pred", "logg_pred",
                       "feh_pred", "prot_pred_days")
@@ -272,7 +279,16 @@ class Embedder:
     def _prefetch_default(self) -> bool:
         return self.device.type == "cpu" and _usable_cores() > torch.get_num_threads()
 
-    def embed_store(self, store, rows=None, batch_size: int = 256, progress: bool = True,
+    def default_batch_size(self) -> int:
+        """Stars per model call when the caller names none: :data:`ACCELERATOR_BATCH` on a GPU; on the CPU
+        :data:`CPU_STARS_PER_THREAD` per torch thread, so that a batch's largest activations stay in the
+        cache a thread has (the spectra stem's first layer alone holds 64 KiB per star: 16 MiB at 256 stars,
+        where two one-thread worker processes on two cores share 32 MiB of L3)."""
+        if self.device.type != "cpu":
+            return ACCELERATOR_BATCH
+        return CPU_STARS_PER_THREAD * max(1, torch.get_num_threads())
+
+    def embed_store(self, store, rows=None, batch_size: int | None = None, progress: bool = True,
                     reuse_features: bool = True, prefetch: bool | None = None) -> dict:
         """Embed stars of a SurveyStore (catalogue positions ``rows``, default all) -> dict of float32 arrays.
 
@@ -285,7 +301,9 @@ class Embedder:
         (``torch.get_num_threads()`` < usable cores), else off. Measured (docs/precompute.md): it pays on an
         idle machine with torch at 1 thread of 2 cores; with torch on every core, on a machine whose other
         core is busy, and with a GPU (whose kernel launches then wait for the interpreter lock) it costs.
+        ``batch_size``: stars per model call, None for :meth:`default_batch_size`.
         """
+        batch_size = int(batch_size or self.default_batch_size())
         cat = store.catalog
         rows = np.arange(len(cat)) if rows is None else np.asarray(rows, dtype=np.int64)
         feats = self._training_features(store) if reuse_features else None
