@@ -249,6 +249,15 @@ def _timed_embed_chunk(start: int, stop: int, *args) -> dict:
             "finite": int(np.isfinite(out["desa"]).all(axis=1).sum())}
 
 
+def _dask_embed_all(runner, n: int, chunk_rows: int, args: tuple) -> tuple[list[dict], float, float]:
+    """Every star through the pipeline's embed task on ``runner``'s workers -> (the chunks' timings, the wall
+    clock at the start, seconds taken)."""
+    from precompute.chunks import row_ranges
+    t1, wall1 = time.perf_counter(), time.time()
+    chunks = [res for _, _, res in runner.run(_timed_embed_chunk, row_ranges(n, chunk_rows), args=args)]
+    return chunks, wall1, time.perf_counter() - t1
+
+
 def _steady_rate(chunks: list[dict], t_start: float) -> dict:
     """Stars per second while every worker was busy: up to the moment the first worker ran out of chunks.
     At 10^4 stars the last chunks leave one worker idle while the other finishes (a tail of up to one chunk);
@@ -271,7 +280,7 @@ def bench_embedding_dask(survey: str, run: str, workers: int, batch_size: int | 
     ``stage_*`` also counts the cluster's start and those loads, as `desa precompute` pays them."""
     from distributed import Client, LocalCluster
     from desa_core.data.store import SurveyStore
-    from precompute.chunks import ChunkRunner, row_ranges
+    from precompute.chunks import ChunkRunner
     from precompute.stages import _embed_rows_on_worker
     n = len(SurveyStore.open(survey))
     chunk_rows = _dask_chunk_rows(n, workers, chunk_rows)
@@ -284,13 +293,12 @@ def bench_embedding_dask(survey: str, run: str, workers: int, batch_size: int | 
         t0 = time.perf_counter()
         client = runner.client()
         client.run(_embed_rows_on_worker, 0, 64, *args)          # store and model opened on every worker
-        t1, wall1 = time.perf_counter(), time.time()
-        chunks = [res for _, _, res in runner.run(_timed_embed_chunk, row_ranges(n, chunk_rows), args=args)]
-        t2 = time.perf_counter()
+        startup = time.perf_counter() - t0
+        chunks, wall1, seconds = _dask_embed_all(runner, n, chunk_rows, args)
         out[f"{label}_stars_embedded"] = sum(c["finite"] for c in chunks)
-        out[f"{label}_stars_per_s"] = round(n / (t2 - t1), 1)
-        out[f"{label}_stage_stars_per_s"] = round(n / (t2 - t0), 1)
-        out[f"{label}_startup_s"] = round(t1 - t0, 2)
+        out[f"{label}_stars_per_s"] = round(n / seconds, 1)
+        out[f"{label}_stage_stars_per_s"] = round(n / (startup + seconds), 1)
+        out[f"{label}_startup_s"] = round(startup, 2)
         out[label + "_steady"] = _steady_rate(chunks, wall1)
 
     with ChunkRunner(None, workers=workers, progress=False) as r:
@@ -312,7 +320,7 @@ def bench_batch_sizes(survey: str, run: str, workers: int, sizes: list[int], rou
     import torch
     from desa_core.data.store import SurveyStore
     from desa_core.models.inference import Embedder, _usable_cores
-    from precompute.chunks import ChunkRunner, row_ranges
+    from precompute.chunks import ChunkRunner
     from precompute.stages import _embed_rows_on_worker
     store = SurveyStore.open(survey)
     n = len(store)
@@ -326,9 +334,7 @@ def bench_batch_sizes(survey: str, run: str, workers: int, sizes: list[int], rou
         r.client().run(_embed_rows_on_worker, 0, 64, str(survey), str(run), None, 1)
         for _ in range(rounds):
             for b in sizes:
-                wall1 = time.time()
-                chunks = [res for _, _, res in r.run(_timed_embed_chunk, row_ranges(n, chunk_rows),
-                                                     args=(str(survey), str(run), b, 1))]
+                chunks, wall1, _ = _dask_embed_all(r, n, chunk_rows, (str(survey), str(run), b, 1))
                 out["dask"]["steady_stars_per_s"][b].append(_steady_rate(chunks, wall1)["steady_stars_per_s"])
     torch.set_num_threads(out["in_process"]["threads"])
     emb = Embedder.from_run(run, device="cpu")
@@ -362,7 +368,7 @@ def main(argv=None) -> int:
     p.add_argument("--embed-stars", type=int, default=2048)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=None,
-                   help="stars per model call (default: the embedder's, 64 per torch thread on a CPU)")
+                   help="stars per model call (default: Embedder.default_batch_size, per torch thread on a CPU)")
     p.add_argument("--compare-batch-sizes", default=None,
                    help="with --survey, --run and --embed-workers: e.g. 256,128,64 alternated --rounds times")
     p.add_argument("--rounds", type=int, default=3)
@@ -394,7 +400,12 @@ def main(argv=None) -> int:
                                            legacy=not a.no_before)
         if a.embed_workers and a.run:
             doc["embedding_dask"] = bench_embedding_dask(a.survey, a.run, a.embed_workers, a.batch_size)
-    name = "embedding_batch_sizes" if a.compare_batch_sizes else "embedding" if a.embed_only else f"precompute_{a.n}_{a.dims}" + (f"_w{a.workers}" if a.workers else "")
+    if a.compare_batch_sizes:
+        name = "embedding_batch_sizes"
+    elif a.embed_only:
+        name = "embedding"
+    else:
+        name = f"precompute_{a.n}_{a.dims}" + (f"_w{a.workers}" if a.workers else "")
     out = Path(a.out or Path(__file__).parent / "results" / f"{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
