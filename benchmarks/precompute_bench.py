@@ -347,7 +347,8 @@ def bench_batch_sizes(survey: str, run: str, workers: int, sizes: list[int], rou
             out["in_process"]["stars_per_s"][b].append(round(len(rows) / (time.perf_counter() - t), 1))
     for part, key in (("dask", "steady_stars_per_s"), ("in_process", "stars_per_s")):
         rates = out[part][key]
-        out[part]["mean"] = {b: round(float(np.mean(v)), 1) for b, v in rates.items()}
+        for stat, f in (("mean", np.mean), ("median", np.median), ("min", np.min), ("max", np.max)):
+            out[part][stat] = {b: round(float(f(v)), 1) for b, v in rates.items()}
         # each size against the first in the same round: the ratio the drift leaves alone
         out[part]["ratio_to_first_per_round"] = {b: [round(x / y, 3) for x, y in zip(v, rates[sizes[0]])]
                                                  for b, v in rates.items()}

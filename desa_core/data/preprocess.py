@@ -426,21 +426,24 @@ def _normalise_arm(wr, flux, good, n_good, after, step, grid, x, deg, width, cli
         q1 -= 1
     x_first, x_last = x[q0], x[q1]
     centre, half = (x_first + x_last) / 2, (x_last - x_first) / 2
+    # lhs[a, b] = sum of x^(a+b): 2 deg + 1 power sums per pixel instead of (deg + 1)^2 products
     m = deg + 1
-    lhs = np.zeros((m, m))
+    sums = np.zeros(2 * m - 1)
     rhs = np.zeros(m)
-    pw = np.empty(m)
     for q in range(g):
         if not use[q]:
             continue
         xs = (x[q] - centre) / half
-        pw[0] = 1.0
-        for k in range(1, m):
-            pw[k] = pw[k - 1] * xs
-        for a in range(m):
-            rhs[a] += pw[a] * rm[q]
-            for b in range(m):
-                lhs[a, b] += pw[a] * pw[b]
+        pk = 1.0
+        for k in range(2 * m - 1):
+            sums[k] += pk
+            if k < m:
+                rhs[k] += pk * rm[q]
+            pk *= xs
+    lhs = np.empty((m, m))
+    for a in range(m):
+        for b in range(m):
+            lhs[a, b] = sums[a + b]
     try:
         coef = np.linalg.solve(lhs, rhs)
     except Exception:   # a singular system: this arm stays 0
