@@ -12,7 +12,7 @@ PORT ?= 5006
 STARS ?=
 SEED ?= 42
 
-.PHONY: setup test demo survey model artifacts serve browser-deps evaluate clean-demo
+.PHONY: setup test demo survey model artifacts serve browser-deps evaluate clean-demo gpu-wheels
 
 # torch is installed first, pinned to the local CPU build; the project then only declares a range (torch>=2.4),
 # so pip keeps whatever torch (CPU or CUDA) is already there.
@@ -62,3 +62,17 @@ evaluate: $(RUN)/DONE
 
 clean-demo:
 	rm -rf $(SURVEY) $(RUN) $(ARTIFACTS)
+
+# Wheels for a GPU machine that reaches no package index and whose Python 3.12 image has torch, numba, pandas,
+# pyarrow and scikit-learn but neither FAISS nor UMAP (the lent machines of this workplace): the versions of this
+# venv, into .whl/ (ignored), for benchmarks/gpu_precompute_check.py (its docstring has the command there).
+GPU_WHEELS ?= faiss-cpu umap-learn pynndescent
+gpu-wheels: setup
+	mkdir -p .whl
+	for p in $(GPU_WHEELS); do \
+	  v=$$($(PY) -c "import importlib.metadata as m; print(m.version('$$p'))"); \
+	  $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	    --platform manylinux2014_x86_64 -d .whl "$$p==$$v" || exit 1; \
+	done
+	du -sh .whl

@@ -15,11 +15,12 @@ per-star kernels of the maps.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from desa_core.jit import njit
 
-@numba.njit(nogil=True)
+
+@njit(nogil=True)
 def _pixel_numbers(x, y, x0, x1, y0, y1, sx, tx, sy, ty, width, height, out):
     for i in range(x.shape[0]):
         xv = x[i]
@@ -36,7 +37,7 @@ def _pixel_numbers(x, y, x0, x1, y0, y1, sx, tx, sy, ty, width, height, out):
             out[i] = -1
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _count(pix, out):
     for i in range(pix.shape[0]):
         p = pix[i]
@@ -44,7 +45,7 @@ def _count(pix, out):
             out[p] += 1
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _count_sum(pix, values, n, s):
     for i in range(pix.shape[0]):
         p = pix[i]
@@ -54,7 +55,7 @@ def _count_sum(pix, values, n, s):
             s[p] += v
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _count_categories(pix, codes, k, out):
     for i in range(pix.shape[0]):
         p = pix[i]
@@ -63,7 +64,7 @@ def _count_categories(pix, codes, k, out):
             out[p * k + c] += 1
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _in_box(x, y, x0, x1, y0, y1, out):
     for i in range(x.shape[0]):
         out[i] = x0 <= x[i] <= x1 and y0 <= y[i] <= y1

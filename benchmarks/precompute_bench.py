@@ -8,6 +8,7 @@ benchmark set of N stars; and, given a trained run, the embedding throughput of 
     .venv/bin/python benchmarks/precompute_bench.py --embed-only --survey data/survey --config small  # no run yet
     .venv/bin/python benchmarks/precompute_bench.py --embed-only --survey data/dev_survey_seed7 --run runs/small \
         --embed-stars 10000 --threads 1 --no-before --embed-workers 2     # new stars: one process vs 2 Dask workers
+    .venv/bin/python benchmarks/precompute_bench.py --n 1000000 --device cuda   # model, FAISS training, UMAP on a GPU
 
 The pipeline runs in a child process (``python -m precompute``-equivalent) so its peak RSS is measured alone.
 Embedding throughput: ``Embedder.embed_store`` on the first ``--embed-stars`` stars of the survey after one
@@ -42,16 +43,18 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 
 
-def _child(n: int, out: str, dims: str, seed: int, index_kind: str = "auto", workers: int = 0) -> None:
+def _child(n: int, out: str, dims: str, seed: int, index_kind: str = "auto", workers: int = 0,
+           device: str | None = None) -> None:
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from precompute.pipeline import run_precompute
     from precompute.synthetic import model_dims
     run_precompute(synthetic=n, out=out, seed=seed, dims=model_dims(dims), index_kind=index_kind, progress=False,
-                   workers=workers)
+                   workers=workers, device=device)
 
 
-def bench_pipeline(n: int, dims: str, keep: str | None, seed: int, index_kind: str = "auto", workers: int = 0) -> dict:
+def bench_pipeline(n: int, dims: str, keep: str | None, seed: int, index_kind: str = "auto", workers: int = 0,
+                   device: str | None = None) -> dict:
     tmp = None
     if keep:
         out = Path(keep)
@@ -62,8 +65,8 @@ def bench_pipeline(n: int, dims: str, keep: str | None, seed: int, index_kind: s
         t0 = time.perf_counter()
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         subprocess.run([sys.executable, __file__, "--child", "--n", str(n), "--dims", dims, "--out", str(out),
-                        "--seed", str(seed), "--index-kind", index_kind, "--workers", str(workers)], check=True,
-                       cwd=ROOT)
+                        "--seed", str(seed), "--index-kind", index_kind, "--workers", str(workers)]
+                       + (["--device", device] if device else []), check=True, cwd=ROOT)
         wall = time.perf_counter() - t0
         peak_mb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
         manifest = json.loads((out / "manifest.json").read_text())
@@ -78,7 +81,8 @@ def bench_pipeline(n: int, dims: str, keep: str | None, seed: int, index_kind: s
         _ = a.index("desa")
         t_all = time.perf_counter() - t
         sizes = {rel: round(meta["bytes"] / 2**20, 1) for rel, meta in manifest["files"].items()}
-        return {"n": n, "index_kind": index_kind, "workers": workers, "dims": manifest["embeddings"],
+        return {"n": n, "index_kind": index_kind, "workers": workers, "device": device or "auto",
+                "dims": manifest["embeddings"],
                 "wall_s": round(wall, 1),
                 "stage_wall_s": {k: v["wall_s"] for k, v in manifest["stages"].items()},
                 "umap": manifest["maps"]["umap"], "indexes": manifest["indexes"],
@@ -90,7 +94,7 @@ def bench_pipeline(n: int, dims: str, keep: str | None, seed: int, index_kind: s
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _untrained_embedder(config: str):
+def _untrained_embedder(config: str, device: str = "cpu"):
     """The named config's encoders + DualFormer with their initial weights: the same arithmetic, hence the
     same throughput, as a trained run of that config (for measuring before a run exists)."""
     from desa_core.models.config import get_config
@@ -102,7 +106,7 @@ def _untrained_embedder(config: str):
     lc, sp = LightCurveEncoder(cfg.light_curve), SpectraEncoder(cfg.spectra)
     df = DualFormer(cfg.dualformer, sp.out_dim, lc.out_dim)
     df.finalize()   # eigenbasis of the initial A: the embedding then costs what a trained one does
-    return Embedder(cfg, lc, sp, df, "untrained", "cpu")
+    return Embedder(cfg, lc, sp, df, "untrained", device)
 
 
 def _legacy_embed(emb, store, rows, batch_size: int) -> np.ndarray:
@@ -176,20 +180,20 @@ def bench_preprocessing(store, pcfg, n: int, batch_size: int) -> dict:
 
 
 def bench_embedding(survey: str, run: str | None, n_stars: int, threads: int, batch_size: int | None,
-                    config: str = "small", legacy: bool = True) -> dict:
+                    config: str = "small", legacy: bool = True, device: str = "cpu") -> dict:
     import torch
     from threadpoolctl import threadpool_limits
     from desa_core.data.store import SurveyStore
     from desa_core.models.inference import Embedder
     torch.set_num_threads(threads)
     store = SurveyStore.open(survey)
-    emb = Embedder.from_run(run, device="cpu") if run else _untrained_embedder(config)
+    emb = Embedder.from_run(run, device=device) if run else _untrained_embedder(config, device)
     batch_size = int(batch_size or emb.default_batch_size())
     n = min(n_stars, len(store))
     rows = np.arange(n)
     out = {"survey": survey, "run": run or f"none: untrained {config} weights (same cost)",
            "config": emb.config_name, "dims": emb.dims, "stars": n, "threads": threads, "batch_size": batch_size,
-           "device": "cpu", "load_before": [round(x, 2) for x in os.getloadavg()]}
+           "device": device, "load_before": [round(x, 2) for x in os.getloadavg()]}
     # "fresh": every star preprocessed and run through both encoders (a new survey), with the background
     # prefetch that embed_store chooses by default, and with it forced on and off; "reused": the survey the
     # run was trained on, whose encoder features the run saved (only the DualFormer runs);
@@ -379,17 +383,19 @@ def main(argv=None) -> int:
     p.add_argument("--no-before", action="store_true",
                    help="skip timing the per-star code from before the batch preprocessing")
     p.add_argument("--config", default="small", help="with --survey but no --run: time this config untrained")
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda: the model (embedding), and in the pipeline FAISS training and UMAP (cuML)")
     p.add_argument("--out", default=None)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
-        _child(a.n, a.out, a.dims, a.seed, a.index_kind, a.workers)
+        _child(a.n, a.out, a.dims, a.seed, a.index_kind, a.workers, a.device)
         return 0
     doc = {"benchmark": "precompute", "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                        "note": "2 cores shared with other work while measured"}}
     if not a.embed_only:
-        doc["pipeline"] = bench_pipeline(a.n, a.dims, a.keep, a.seed, a.index_kind, a.workers)
+        doc["pipeline"] = bench_pipeline(a.n, a.dims, a.keep, a.seed, a.index_kind, a.workers, a.device)
     if a.compare_batch_sizes:
         if not (a.survey and a.run and a.embed_workers):
             p.error("--compare-batch-sizes needs --survey, --run and --embed-workers")
@@ -398,7 +404,7 @@ def main(argv=None) -> int:
                                                a.embed_stars)
     elif a.survey:
         doc["embedding"] = bench_embedding(a.survey, a.run, a.embed_stars, a.threads, a.batch_size, a.config,
-                                           legacy=not a.no_before)
+                                           legacy=not a.no_before, device=a.device)
         if a.embed_workers and a.run:
             doc["embedding_dask"] = bench_embedding_dask(a.survey, a.run, a.embed_workers, a.batch_size)
     if a.compare_batch_sizes:
