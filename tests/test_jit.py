@@ -13,18 +13,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# One star through both preprocessing kernels in a fresh interpreter; prints how the kernels were obtained.
+# Both preprocessing kernels warmed in a fresh interpreter (what a server does); prints how they were obtained.
 PROBE = textwrap.dedent("""
-    import json, sys
-    import numpy as np
+    import json
     from desa_core.data import preprocess as P
-    from desa_core.models.config import PreprocessConfig
-    cfg = PreprocessConfig()
-    wave = 10 ** np.arange(np.log10(3800.0), np.log10(8900.0), 1e-4)
-    flux = 1 + 0.1 * np.sin(wave / 50.0)
-    P.preprocess_spectra(wave, flux[None], None, np.array([10.0]), cfg)
-    t = np.arange(0.0, 30.0, 1 / 24)
-    P.clean_light_curves(t, (1 + 0.01 * np.sin(t))[None], cfg)
+    P.warm_kernels()
     print(json.dumps({k: {"hits": sum(f.stats.cache_hits.values()), "misses": sum(f.stats.cache_misses.values())}
                       for k, f in (("spectra", P._spectra_kernel), ("light_curves", P._clean_kernel))}))
 """)
