@@ -15,12 +15,11 @@ per-star kernels of the maps.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-from desa_core.jit import njit
 
-
-@njit(nogil=True)
+@numba.njit(nogil=True)
 def _pixel_numbers(x, y, x0, x1, y0, y1, sx, tx, sy, ty, width, height, out):
     for i in range(x.shape[0]):
         xv = x[i]
@@ -37,7 +36,7 @@ def _pixel_numbers(x, y, x0, x1, y0, y1, sx, tx, sy, ty, width, height, out):
             out[i] = -1
 
 
-@njit(nogil=True)
+@numba.njit(nogil=True)
 def _count(pix, out):
     for i in range(pix.shape[0]):
         p = pix[i]
@@ -45,7 +44,7 @@ def _count(pix, out):
             out[p] += 1
 
 
-@njit(nogil=True)
+@numba.njit(nogil=True)
 def _count_sum(pix, values, n, s):
     for i in range(pix.shape[0]):
         p = pix[i]
@@ -55,7 +54,7 @@ def _count_sum(pix, values, n, s):
             s[p] += v
 
 
-@njit(nogil=True)
+@numba.njit(nogil=True)
 def _count_categories(pix, codes, k, out):
     for i in range(pix.shape[0]):
         p = pix[i]
@@ -64,7 +63,7 @@ def _count_categories(pix, codes, k, out):
             out[p * k + c] += 1
 
 
-@njit(nogil=True)
+@numba.njit(nogil=True)
 def _in_box(x, y, x0, x1, y0, y1, out):
     for i in range(x.shape[0]):
         out[i] = x0 <= x[i] <= x1 and y0 <= y[i] <= y1

@@ -30,9 +30,9 @@ same code on a batch of one, so a star gets the same numbers alone or in any bat
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-from desa_core.jit import njit
 from desa_core.models.config import PreprocessConfig
 
 C_KMS = 299_792.458
@@ -119,7 +119,7 @@ def clean_light_curves(time, flux, cfg: PreprocessConfig, what: str = "light cur
     return x, problems
 
 
-@njit(nogil=True, error_model="numpy")
+@numba.njit(nogil=True, error_model="numpy")
 def _clean_kernel(time, flux, grid_gap, gap_days, same, w, idx, n, out, status, median):
     """:func:`clean_light_curves` star by star (one compiled pass each, releasing the GIL): segments, their
     medians, NaN runs bridged, moving average, binning. ``status[i]``: 0 usable, 1 fewer than 2 finite fluxes,
@@ -340,17 +340,17 @@ def spectrum_grids(cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
     return blue, red
 
 
-@njit(nogil=True)
+@numba.njit(nogil=True)
 def _nan_min(a, b):
     return np.nan if (a != a or b != b) else (a if a < b else b)   # np.minimum: NaN wins
 
 
-@njit(nogil=True)
+@numba.njit(nogil=True)
 def _nan_max(a, b):
     return np.nan if (a != a or b != b) else (a if a > b else b)
 
 
-@njit(nogil=True)
+@numba.njit(nogil=True)
 def _running_median(r, width, out):
     """Running median of ``width`` points (edges repeated) of ``r`` into ``out``."""
     g = r.shape[0]
@@ -370,7 +370,7 @@ def _running_median(r, width, out):
         out[q] = np.median(win)
 
 
-@njit(nogil=True, error_model="numpy")
+@numba.njit(nogil=True, error_model="numpy")
 def _normalise_arm(wr, flux, good, n_good, after, step, grid, x, deg, width, clip_k, out):
     """One star's arm (the steps of :func:`preprocess_spectra`) into ``out`` (left 0 when unusable).
 
@@ -477,7 +477,7 @@ def _normalise_arm(wr, flux, good, n_good, after, step, grid, x, deg, width, cli
             out[q] = (norm[q] - mu) / scale
 
 
-@njit(nogil=True)
+@numba.njit(nogil=True)
 def _masked_mean_std(a, m, n):
     mu = 0.0
     for q in range(a.shape[0]):
@@ -491,7 +491,7 @@ def _masked_mean_std(a, m, n):
     return mu, np.sqrt(ss / max(n, 1))
 
 
-@njit(nogil=True, error_model="numpy")
+@numba.njit(nogil=True, error_model="numpy")
 def _spectra_kernel(wavelength, flux, good, rv, rows, c_kms, blue, x_blue, red, x_red, deg, width, clip_k, out):
     """Every star of ``rows``: rest frame, median pixel spacing, then each arm (:func:`_normalise_arm`) into
     ``out[i, 0]`` (blue from 0, red after it)."""
@@ -586,9 +586,8 @@ def preprocess_spectrum(wavelength, flux, ivar, rv_kms, cfg: PreprocessConfig) -
 
 
 def warm_kernels() -> None:
-    """Compile the preprocessing kernels, or load them from numba's cache (desa_core/jit.py), on one made-up
-    star: a server calls this in the background so that its first upload does not wait for them (~0.3 s from
-    the cache, ~10 s where no cache can be written)."""
+    """Compile the preprocessing kernels on one made-up star (~10 s of numba compiling): a server calls this in
+    the background so that its first upload does not wait for them."""
     cfg = PreprocessConfig()
     wave = 10 ** np.arange(np.log10(3800.0), np.log10(8900.0), 1e-4)
     preprocess_spectra(wave, (1 + 0.1 * np.sin(wave / 50.0))[None], None, np.array([10.0]), cfg)
