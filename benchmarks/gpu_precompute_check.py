@@ -107,7 +107,9 @@ def main(argv=None) -> int:
             shutil.rmtree(work / f"synthetic_{d}", ignore_errors=True)   # a fresh set: nothing resumed
             try:
                 res = bench_pipeline(a.synthetic, "small", str(work / f"synthetic_{d}"), seed=0, device=d)
-                res["artifacts"] = artifact_summary(work / f"synthetic_{d}")
+                # bench_pipeline reports the stage times, the indexes and the first map; the backends of all three
+                maps = artifact_summary(work / f"synthetic_{d}")["maps"]
+                res["map_backends"] = {k: v["backend"] for k, v in maps.items()}
             except Exception as e:  # noqa: BLE001 -- recorded: the point of the check is what fails on a GPU
                 res = {"error": f"{type(e).__name__}: {e}"}
             result["pipeline"][d] = res
@@ -141,8 +143,8 @@ def main(argv=None) -> int:
         run, art = work / "run", work / f"survey_art_{a.device}"
         shutil.rmtree(run, ignore_errors=True)
         shutil.rmtree(art, ignore_errors=True)
-        part = {"train": _run([sys.executable, "-m", "desa_core.cli", "train", "--survey", str(train_survey), "--config",
-                               str(TINY_CONFIG), "--out", str(run), "--device", a.device], env)}
+        part = {"train": _run([sys.executable, "-m", "desa_core.cli", "train", "--survey", str(train_survey),
+                               "--config", str(TINY_CONFIG), "--out", str(run), "--device", a.device], env)}
         if part["train"]["returncode"] == 0:
             part["precompute"] = _run([sys.executable, "-m", "desa_core.cli", "precompute", "--survey", str(survey),
                                        "--run", str(run), "--out", str(art), "--device", a.device], env)
