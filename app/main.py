@@ -349,7 +349,6 @@ def _warm(data: AppData):
     page does not need to open continues in a background thread (:data:`BACKGROUND_WARM`)."""
     t0 = time.perf_counter()
     from app.components.maps import warm_kernels, warm_more_kernels
-    from desa_core.data.preprocess import warm_kernels as warm_preprocessing
     warm_kernels()
     for name in data.embedding_names:  # opens the indexes and learns which stars have each modality
         data.has_embedding(name)
@@ -364,13 +363,12 @@ def _warm(data: AppData):
     t1 = time.perf_counter()
 
     def in_background():
-        # What the page does not need to open (the kernels of zoomed maps and class colourings ~6 s, an upload's
-        # preprocessing kernels; at 10^7 stars the hover grids ~1 s each, the cross-filter's bins 1.9 s, a first
-        # selection over every star) is done after the server answers; a visitor who zooms, hovers, filters,
-        # uploads or selects first waits only for that one piece, computed once either way.
+        # What the page does not need to open (the kernels of zoomed maps and class colourings ~6 s; at 10^7
+        # stars the hover grids ~1 s each, the cross-filter's bins 1.9 s, a first selection over every star) is
+        # done after the server answers; a visitor who zooms, hovers, filters or selects first waits only for
+        # that one piece, computed once either way.
         try:
             warm_more_kernels()
-            warm_preprocessing()     # an upload's light curve and spectrum
             for k in keys:
                 data._map_grid(k)
             for col in bins:

@@ -585,16 +585,6 @@ def preprocess_spectrum(wavelength, flux, ivar, rv_kms, cfg: PreprocessConfig) -
     return out[0]
 
 
-def warm_kernels() -> None:
-    """Compile the preprocessing kernels on one made-up star (~10 s of numba compiling): a server calls this in
-    the background so that its first upload does not wait for them."""
-    cfg = PreprocessConfig()
-    wave = 10 ** np.arange(np.log10(3800.0), np.log10(8900.0), 1e-4)
-    preprocess_spectra(wave, (1 + 0.1 * np.sin(wave / 50.0))[None], None, np.array([10.0]), cfg)
-    t = np.arange(0.0, 30.0, 1 / 24)
-    clean_light_curves(t, (1 + 0.01 * np.sin(t))[None], cfg)
-
-
 def spectrum_snr(flux, ivar) -> float:
     """Median per-pixel S/N over unmasked pixels (0 when nothing is usable); weights pre-training samples."""
     flux = np.asarray(flux, dtype=np.float64)
